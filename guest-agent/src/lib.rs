@@ -1,0 +1,1 @@
+//! `tessera-guest-agent`: not built yet. This crate is intentionally empty; see README.md and ../docs/DESIGN.md.

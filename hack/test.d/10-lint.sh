@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Formatting and licence policy; cheap, so they run first.
+set -euo pipefail
+cargo fmt --all -- --check
+echo "cargo fmt: clean"
+cargo deny --log-level error check licenses
+echo "cargo deny licenses: ok"
+shellcheck -S warning hack/*.sh hack/test.d/*.sh .ci/run
+echo "shellcheck: clean"
