@@ -18,27 +18,48 @@ pub const FIELD_MANAGER: &str = "tessera-e2e";
 pub fn parse_documents(text: &str, file: &str) -> Result<Vec<DynamicObject>> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
-            .map_err(|source| Error::Yaml { file: file.to_string(), source })?;
+        let v: serde_yaml::Value =
+            serde::Deserialize::deserialize(doc).map_err(|source| Error::Yaml {
+                file: file.to_string(),
+                source,
+            })?;
         if v.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_yaml::from_value(v)
-            .map_err(|source| Error::Yaml { file: file.to_string(), source })?;
+        let obj: DynamicObject = serde_yaml::from_value(v).map_err(|source| Error::Yaml {
+            file: file.to_string(),
+            source,
+        })?;
         out.push(obj);
     }
     Ok(out)
 }
 
 /// Server-side apply one object (namespaced objects without a namespace go to `default_ns`).
-pub async fn apply_object(client: &Client, obj: &DynamicObject, default_ns: Option<&str>) -> Result<DynamicObject> {
-    let types = obj.types.as_ref().ok_or_else(|| Error::Invalid("object without apiVersion/kind".into()))?;
+pub async fn apply_object(
+    client: &Client,
+    obj: &DynamicObject,
+    default_ns: Option<&str>,
+) -> Result<DynamicObject> {
+    let types = obj
+        .types
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("object without apiVersion/kind".into()))?;
     let gvk = GroupVersionKind::try_from(types).map_err(|e| Error::Invalid(e.to_string()))?;
     let (ar, caps) = pinned_kind(client, &gvk).await?;
-    let name = obj.metadata.name.clone().ok_or_else(|| Error::Invalid(format!("{} without a name", gvk.kind)))?;
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("{} without a name", gvk.kind)))?;
     let api: Api<DynamicObject> = match caps.scope {
         kube::discovery::Scope::Namespaced => {
-            let ns = obj.metadata.namespace.as_deref().or(default_ns).unwrap_or("default");
+            let ns = obj
+                .metadata
+                .namespace
+                .as_deref()
+                .or(default_ns)
+                .unwrap_or("default");
             Api::namespaced_with(client.clone(), ns, &ar)
         }
         kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -48,7 +69,11 @@ pub async fn apply_object(client: &Client, obj: &DynamicObject, default_ns: Opti
 }
 
 /// Server-side apply every document of a YAML file.
-pub async fn apply_file(client: &Client, path: &Path, default_ns: Option<&str>) -> Result<Vec<DynamicObject>> {
+pub async fn apply_file(
+    client: &Client,
+    path: &Path,
+    default_ns: Option<&str>,
+) -> Result<Vec<DynamicObject>> {
     let text = std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
     let mut out = Vec::new();
     for obj in parse_documents(&text, &path.display().to_string())? {
@@ -68,11 +93,24 @@ pub async fn install_crds(client: &Client, dir: &Path) -> Result<Vec<String>> {
         .collect();
     entries.sort();
     for path in entries {
-        let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
-            .map_err(|source| Error::Yaml { file: path.display().to_string(), source })?;
-        let name = crd.metadata.name.clone().ok_or_else(|| Error::Invalid("CRD without name".into()))?;
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).map_err(|source| Error::Yaml {
+                file: path.display().to_string(),
+                source,
+            })?;
+        let name = crd
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| Error::Invalid("CRD without name".into()))?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
         names.push(name);
     }
     for name in &names {

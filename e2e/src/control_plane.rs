@@ -45,9 +45,17 @@ impl Ports {
             ls.push(TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?);
         }
         let p = |i: usize| -> Result<u16> {
-            Ok(ls[i].local_addr().map_err(io("reading a bound port"))?.port())
+            Ok(ls[i]
+                .local_addr()
+                .map_err(io("reading a bound port"))?
+                .port())
         };
-        Ok(Ports { etcd_client: p(0)?, etcd_peer: p(1)?, apiserver: p(2)?, controller_manager: p(3)? })
+        Ok(Ports {
+            etcd_client: p(0)?,
+            etcd_peer: p(1)?,
+            apiserver: p(2)?,
+            controller_manager: p(3)?,
+        })
     }
 }
 
@@ -72,45 +80,75 @@ impl ControlPlane {
         let apiserver = tool("kube-apiserver")?;
         let kcm = tool("kube-controller-manager")?;
         for sub in ["run", "logs"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {}/{sub}", dir.display())))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(io(format!("creating {}/{sub}", dir.display())))?;
         }
+        // Absolute from here on: the kubeconfig names the PKI files by path.
+        let dir =
+            &std::fs::canonicalize(dir).map_err(io(format!("resolving {}", dir.display())))?;
         let pki = Pki::ensure(&dir.join("pki"))?;
         let ports = Ports::pick()?;
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &pki, ports.apiserver)?;
-        std::fs::write(dir.join("run/ports.json"), serde_json::to_vec(&ports).unwrap_or_default())
-            .map_err(io("writing ports.json"))?;
-        let mut cp = ControlPlane { dir: dir.to_path_buf(), ports, kubeconfig, children: Vec::new(), pids: Vec::new() };
+        std::fs::write(
+            dir.join("run/ports.json"),
+            serde_json::to_vec(&ports).unwrap_or_default(),
+        )
+        .map_err(io("writing ports.json"))?;
+        let mut cp = ControlPlane {
+            dir: dir.to_path_buf(),
+            ports,
+            kubeconfig,
+            children: Vec::new(),
+            pids: Vec::new(),
+        };
 
         let data = dir.join("run/etcd-data");
         let _ = std::fs::remove_dir_all(&data);
         let client_url = format!("http://127.0.0.1:{}", ports.etcd_client);
         let peer_url = format!("http://127.0.0.1:{}", ports.etcd_peer);
-        cp.spawn("etcd", Command::new(etcd).args([
-            "--name=tessera", &format!("--data-dir={}", data.display()),
-            &format!("--listen-client-urls={client_url}"), &format!("--advertise-client-urls={client_url}"),
-            &format!("--listen-peer-urls={peer_url}"), &format!("--initial-advertise-peer-urls={peer_url}"),
-            &format!("--initial-cluster=tessera={peer_url}"),
-            // A throwaway cluster: fsync buys nothing here and costs seconds per test.
-            "--unsafe-no-fsync", "--log-level=warn",
-        ]), mode)?;
+        cp.spawn(
+            "etcd",
+            Command::new(etcd).args([
+                "--name=tessera",
+                &format!("--data-dir={}", data.display()),
+                &format!("--listen-client-urls={client_url}"),
+                &format!("--advertise-client-urls={client_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=tessera={peer_url}"),
+                // A throwaway cluster: fsync buys nothing here and costs seconds per test.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]),
+            mode,
+        )?;
 
         let p = |f: PathBuf| f.display().to_string();
-        cp.spawn("kube-apiserver", Command::new(apiserver).args([
-            &format!("--etcd-servers={client_url}"),
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            &format!("--secure-port={}", ports.apiserver),
-            &format!("--cert-dir={}", dir.join("run/certs").display()),
-            &format!("--tls-cert-file={}", p(pki.apiserver_crt())),
-            &format!("--tls-private-key-file={}", p(pki.apiserver_key())),
-            &format!("--client-ca-file={}", p(pki.ca_crt())),
-            "--service-account-issuer=https://kubernetes.default.svc",
-            &format!("--service-account-key-file={}", p(pki.sa_pub())),
-            &format!("--service-account-signing-key-file={}", p(pki.sa_key())),
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            "--profiling=false", "--v=1",
-        ]), mode)?;
+        cp.spawn(
+            "kube-apiserver",
+            Command::new(apiserver).args([
+                &format!("--etcd-servers={client_url}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={}", ports.apiserver),
+                &format!("--cert-dir={}", dir.join("run/certs").display()),
+                &format!("--tls-cert-file={}", p(pki.apiserver_crt())),
+                &format!("--tls-private-key-file={}", p(pki.apiserver_key())),
+                &format!("--client-ca-file={}", p(pki.ca_crt())),
+                "--service-account-issuer=https://kubernetes.default.svc",
+                &format!("--service-account-key-file={}", p(pki.sa_pub())),
+                &format!("--service-account-signing-key-file={}", p(pki.sa_key())),
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                // Loopback cannot back the `kubernetes` Service endpoints; don't reconcile them.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ]),
+            mode,
+        )?;
         cp.wait_ready(Duration::from_secs(120)).await?;
 
         cp.spawn("kube-controller-manager", Command::new(kcm).args([
@@ -158,8 +196,11 @@ impl ControlPlane {
         }
         let child = cmd.spawn().map_err(io(format!("starting {name}")))?;
         let pid = child.id();
-        std::fs::write(self.dir.join("run").join(format!("{name}.pid")), pid.to_string())
-            .map_err(io("writing pid file"))?;
+        std::fs::write(
+            self.dir.join("run").join(format!("{name}.pid")),
+            pid.to_string(),
+        )
+        .map_err(io("writing pid file"))?;
         info!(name, pid, log = %log.display(), "started");
         self.pids.push((name.to_string(), pid));
         self.children.push((name.to_string(), child));
@@ -191,7 +232,9 @@ impl ControlPlane {
             self.check_alive()?;
             match self.client().await {
                 Ok(c) => {
-                    let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| Error::Invalid(e.to_string()))?;
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
                     match c.request_text(req).await {
                         Ok(body) if body.trim() == "ok" => return Ok(()),
                         Ok(body) => last = body,
@@ -267,13 +310,18 @@ pub fn stop_detached(dir: &Path) -> Vec<String> {
     let mut stopped = Vec::new();
     for name in COMPONENTS {
         let pidfile = dir.join("run").join(format!("{name}.pid"));
-        let Ok(text) = std::fs::read_to_string(&pidfile) else { continue };
+        let Ok(text) = std::fs::read_to_string(&pidfile) else {
+            continue;
+        };
         if let Ok(pid) = text.trim().parse::<u32>() {
             if is_our_process(pid, name) {
                 terminate(name, pid);
                 stopped.push(format!("{name} (pid {pid})"));
             } else {
-                warn!(name, pid, "pid file is stale (process gone or not ours); not signalling it");
+                warn!(
+                    name,
+                    pid, "pid file is stale (process gone or not ours); not signalling it"
+                );
             }
         }
         let _ = std::fs::remove_file(pidfile);
@@ -284,7 +332,11 @@ pub fn stop_detached(dir: &Path) -> Vec<String> {
 /// Whether `pid` is alive and runs the binary `name` (guards against signalling a recycled PID).
 pub fn is_our_process(pid: u32, name: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split('\0').next().is_some_and(|argv0| argv0.ends_with(name)))
+        .map(|c| {
+            c.split('\0')
+                .next()
+                .is_some_and(|argv0| argv0.ends_with(name))
+        })
         .unwrap_or(false)
 }
 
@@ -300,14 +352,21 @@ pub(crate) fn terminate(name: &str, pid: u32) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    warn!(name, pid, "did not stop on SIGTERM within 10s; sending SIGKILL");
+    warn!(
+        name,
+        pid, "did not stop on SIGTERM within 10s; sending SIGKILL"
+    );
     // SAFETY: as above.
     unsafe { libc::kill(ipid, libc::SIGKILL) };
 }
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -331,7 +390,10 @@ fn write_kubeconfig(path: &Path, pki: &Pki, port: u16) -> Result<()> {
         "contexts": [{"name": "tessera-local", "context": {"cluster": "tessera-local", "user": "tessera-admin"}}],
         "current-context": "tessera-local",
     });
-    let y = serde_yaml::to_string(&doc).map_err(|source| Error::Yaml { file: path.display().to_string(), source })?;
+    let y = serde_yaml::to_string(&doc).map_err(|source| Error::Yaml {
+        file: path.display().to_string(),
+        source,
+    })?;
     std::fs::write(path, y).map_err(io(format!("writing {}", path.display())))
 }
 

@@ -59,7 +59,10 @@ fn start_shared() -> std::result::Result<Cluster, String> {
     std::thread::Builder::new()
         .name("tessera-control-plane".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -71,7 +74,10 @@ fn start_shared() -> std::result::Result<Cluster, String> {
                     if let Ok(mut p) = PIDS.lock() {
                         *p = cp.pids();
                     }
-                    let _ = tx.send(Ok(Cluster { kubeconfig: cp.kubeconfig.clone(), dir: thread_dir }));
+                    let _ = tx.send(Ok(Cluster {
+                        kubeconfig: cp.kubeconfig.clone(),
+                        dir: thread_dir,
+                    }));
                     // Keep the children's parent thread alive (PDEATHSIG) and never drop `cp`:
                     // the atexit hook stops the processes.
                     std::mem::forget(cp);
@@ -107,10 +113,16 @@ impl Cluster {
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("{prefix}-{n}");
         let api: Api<Namespace> = Api::all(self.client().await?);
-        api.create(&PostParams::default(), &Namespace {
-            metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
-            ..Default::default()
-        })
+        api.create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await?;
         Ok(name)
     }

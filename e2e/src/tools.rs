@@ -10,7 +10,9 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("TESSERA_TOOLS_BIN") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/tessera/bin")
 }
 
@@ -20,6 +22,9 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     if p.exists() {
         Ok(p)
     } else {
-        Err(Error::ToolMissing { name: name.into(), path: p.display().to_string() })
+        Err(Error::ToolMissing {
+            name: name.into(),
+            path: p.display().to_string(),
+        })
     }
 }

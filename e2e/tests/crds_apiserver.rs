@@ -14,7 +14,9 @@ use tessera_e2e::repo_root;
 async fn ready_cluster() -> Cluster {
     let c = cluster().await.expect("local control plane");
     let client = c.client().await.unwrap();
-    install_crds(&client, &repo_root().join("charts/tessera/crds")).await.expect("CRDs installed");
+    install_crds(&client, &repo_root().join("charts/tessera/crds"))
+        .await
+        .expect("CRDs installed");
     c
 }
 
@@ -32,7 +34,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 async fn every_crd_becomes_established() {
     let c = ready_cluster().await;
     let client = c.client().await.unwrap();
-    let names = install_crds(&client, &repo_root().join("charts/tessera/crds")).await.unwrap();
+    let names = install_crds(&client, &repo_root().join("charts/tessera/crds"))
+        .await
+        .unwrap();
     let mut names = names;
     names.sort();
     assert_eq!(
@@ -73,7 +77,10 @@ async fn every_valid_sample_applies_with_server_side_apply() {
     // Defaults were applied by the apiserver from the schema.
     let sp: Api<StoragePool> = Api::all(client);
     let llm = sp.get("llm").await.unwrap();
-    assert_eq!(llm.spec.deletion_policy, tessera_crds::storage_pool::DeletionPolicy::Retain);
+    assert_eq!(
+        llm.spec.deletion_policy,
+        tessera_crds::storage_pool::DeletionPolicy::Retain
+    );
     assert_eq!(llm.spec.zfs.as_ref().unwrap().datasets.len(), 5);
 }
 
@@ -102,11 +109,19 @@ async fn every_invalid_sample_is_rejected_with_its_message() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let (expect, after) = headers(&text);
-        assert!(!expect.is_empty(), "{} has no `# expect:` line", f.display());
+        assert!(
+            !expect.is_empty(),
+            "{} has no `# expect:` line",
+            f.display()
+        );
         if let Some(base) = after {
-            apply_file(&client, &repo_root().join("deploy/samples").join(&base), None)
-                .await
-                .unwrap_or_else(|e| panic!("base sample {base} of {} must apply: {e}", f.display()));
+            apply_file(
+                &client,
+                &repo_root().join("deploy/samples").join(&base),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("base sample {base} of {} must apply: {e}", f.display()));
         }
         let docs = parse_documents(&text, &f.display().to_string()).unwrap();
         assert_eq!(docs.len(), 1, "{}", f.display());
@@ -122,14 +137,24 @@ async fn every_invalid_sample_is_rejected_with_its_message() {
             }
         }
     }
-    assert!(failures.is_empty(), "invalid samples:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "invalid samples:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn status_is_written_through_the_status_subresource() {
     let c = ready_cluster().await;
     let client = c.client().await.unwrap();
-    apply_file(&client, &repo_root().join("deploy/samples/storagepool-md.yaml"), None).await.unwrap();
+    apply_file(
+        &client,
+        &repo_root().join("deploy/samples/storagepool-md.yaml"),
+        None,
+    )
+    .await
+    .unwrap();
     let api: Api<StoragePool> = Api::all(client.clone());
     let before = api.get("scratch-raid6").await.unwrap();
     let status = StoragePoolStatus {
@@ -138,7 +163,9 @@ async fn status_is_written_through_the_status_subresource() {
         phase: Some(PoolPhase::Ready),
         health: Some("clean".into()),
         capacity: Some(Capacity {
-            size: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Ti".into())),
+            size: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "4Ti".into(),
+            )),
             allocated: None,
             free: None,
         }),
@@ -150,15 +177,26 @@ async fn status_is_written_through_the_status_subresource() {
         // The status subresource must ignore spec changes.
         "spec": {"backend": "lvm"},
     });
-    api.patch_status("scratch-raid6", &PatchParams::apply("status-test").force(), &Patch::Apply(&patch))
-        .await
-        .unwrap();
+    api.patch_status(
+        "scratch-raid6",
+        &PatchParams::apply("status-test").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap();
     let after = api.get("scratch-raid6").await.unwrap();
     let st = after.status.unwrap();
     assert_eq!(st.phase, Some(PoolPhase::Ready));
     assert_eq!(st.health.as_deref(), Some("clean"));
-    assert_eq!(after.spec.backend, tessera_crds::storage_pool::Backend::Md, "spec untouched by /status");
-    assert_eq!(after.metadata.generation, before.metadata.generation, "status writes do not bump generation");
+    assert_eq!(
+        after.spec.backend,
+        tessera_crds::storage_pool::Backend::Md,
+        "spec untouched by /status"
+    );
+    assert_eq!(
+        after.metadata.generation, before.metadata.generation,
+        "status writes do not bump generation"
+    );
 }
 
 #[tokio::test]
@@ -172,20 +210,33 @@ async fn kubectl_get_shows_the_print_columns() {
     assert!(ok, "kubectl failed: {err}");
     for header in [
         "BACKEND", "NODE", "PHASE", "HEALTH", "SIZE", "FREE", // sp
-        "CODES", "FALLBACK", "ACCEPTED", "APPLIED",         // grp
-        "MEMORY", "SHARE", "GPU",                           // vgc
-        "DISKS", "GPUS", "XEN", "AGENT", "READY",           // tn
+        "CODES", "FALLBACK", "ACCEPTED", "APPLIED", // grp
+        "MEMORY", "SHARE", "GPU", // vgc
+        "DISKS", "GPUS", "XEN", "AGENT", "READY", // tn
     ] {
         assert!(out.contains(header), "column {header} missing in:\n{out}");
     }
-    for name in ["storagepool.tessera.dev/llm", "gpuraidpolicy.tessera.dev/default",
-                 "vgpuclaim.tessera.dev/llama-inference", "tesseranode.tessera.dev/storage-01"] {
+    for name in [
+        "storagepool.tessera.dev/llm",
+        "gpuraidpolicy.tessera.dev/default",
+        "vgpuclaim.tessera.dev/llama-inference",
+        "tesseranode.tessera.dev/storage-01",
+    ] {
         assert!(out.contains(name), "{name} missing in:\n{out}");
     }
-    let llm_row = out.lines().find(|l| l.contains("storagepool.tessera.dev/llm")).unwrap();
+    let llm_row = out
+        .lines()
+        .find(|l| l.contains("storagepool.tessera.dev/llm"))
+        .unwrap();
     assert!(llm_row.contains("zfs"), "backend column filled: {llm_row}");
-    let vgc_row = out.lines().find(|l| l.contains("vgpuclaim.tessera.dev/llama-inference")).unwrap();
-    assert!(vgc_row.contains("16Gi") && vgc_row.contains("25"), "memory/share columns: {vgc_row}");
+    let vgc_row = out
+        .lines()
+        .find(|l| l.contains("vgpuclaim.tessera.dev/llama-inference"))
+        .unwrap();
+    assert!(
+        vgc_row.contains("16Gi") && vgc_row.contains("25"),
+        "memory/share columns: {vgc_row}"
+    );
 }
 
 #[tokio::test]
@@ -193,12 +244,22 @@ async fn kubectl_explain_documents_defaults_and_mutability() {
     let c = ready_cluster().await;
     // kubectl wraps descriptions; compare with whitespace collapsed.
     let flat = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let (ok, out, err) = c.kubectl(&["explain", "storagepools.spec.deletionPolicy"]).unwrap();
+    let (ok, out, err) = c
+        .kubectl(&["explain", "storagepools.spec.deletionPolicy"])
+        .unwrap();
     assert!(ok, "{err}");
     let out = flat(out);
-    assert!(out.contains("`Retain` (default) leaves pool and data in place"), "{out}");
-    let (ok, out, err) = c.kubectl(&["explain", "vgpuclaims.spec.computeShare"]).unwrap();
+    assert!(
+        out.contains("`Retain` (default) leaves pool and data in place"),
+        "{out}"
+    );
+    let (ok, out, err) = c
+        .kubectl(&["explain", "vgpuclaims.spec.computeShare"])
+        .unwrap();
     assert!(ok, "{err}");
     let out = flat(out);
-    assert!(out.contains("Default: 100") && out.contains("Immutable"), "{out}");
+    assert!(
+        out.contains("Default: 100") && out.contains("Immutable"),
+        "{out}"
+    );
 }

@@ -7,3 +7,5 @@ cargo deny --log-level error check licenses
 echo "cargo deny licenses: ok"
 shellcheck -S warning hack/*.sh hack/test.d/*.sh .ci/run
 echo "shellcheck: clean"
+cargo run -q -p tessera-crds --bin crdgen -- --check --out charts/tessera/crds
+echo "CRD manifests: current"

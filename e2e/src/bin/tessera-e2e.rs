@@ -37,8 +37,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let rt = match tokio::runtime::Runtime::new() {
@@ -68,7 +71,8 @@ fn main() -> ExitCode {
                         eprintln!("applied {kind}/{}", o.metadata.name.unwrap_or_default());
                     }
                 }
-                let kubeconfig = std::fs::canonicalize(&cp.kubeconfig).unwrap_or(cp.kubeconfig.clone());
+                let kubeconfig =
+                    std::fs::canonicalize(&cp.kubeconfig).unwrap_or(cp.kubeconfig.clone());
                 // Detached: leave the processes running; `down` stops them by PID.
                 let pids = cp.pids();
                 std::mem::forget(cp);
@@ -90,9 +94,10 @@ fn main() -> ExitCode {
             Cmd::Status => {
                 let mut any = false;
                 for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
-                    let pid = std::fs::read_to_string(args.dir.join("run").join(format!("{name}.pid")))
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    let pid =
+                        std::fs::read_to_string(args.dir.join("run").join(format!("{name}.pid")))
+                            .ok()
+                            .and_then(|s| s.trim().parse::<u32>().ok());
                     let state = match pid {
                         Some(p) if tessera_e2e::control_plane::is_our_process(p, name) => {
                             any = true;
@@ -103,7 +108,13 @@ fn main() -> ExitCode {
                     };
                     println!("{name}: {state}");
                 }
-                if any { Ok(()) } else { Err(tessera_e2e::Error::Invalid("control plane not running".into())) }
+                if any {
+                    Ok(())
+                } else {
+                    Err(tessera_e2e::Error::Invalid(
+                        "control plane not running".into(),
+                    ))
+                }
             }
         }
     });
