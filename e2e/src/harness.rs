@@ -42,10 +42,10 @@ extern "C" fn stop_at_exit() {
             crate::control_plane::terminate(name, *pid);
         }
     }
-    if let Some(dir) = DIR.get() {
-        if std::env::var_os("TESSERA_E2E_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+    if let Some(dir) = DIR.get()
+        && std::env::var_os("TESSERA_E2E_KEEP").is_none()
+    {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

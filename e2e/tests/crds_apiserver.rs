@@ -2,6 +2,8 @@
 //! server-side apply, every invalid sample is rejected with its expected message, the status
 //! subresource works, and `kubectl get` shows the print columns.
 
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use kube::api::{Api, Patch, PatchParams};

@@ -1,0 +1,419 @@
+//! The VGpuClaim controller: allocate (best fit, no over-commit), bind to consuming pods, release.
+//!
+//! Pods consume a claim through the annotation [`CLAIM_ANNOTATION`] (`tessera.dev/vgpu-claim:
+//! <claim name>`, same namespace). Once pods reserved an allocation and all of them are gone, the
+//! allocation is released and the claim ends in phase `Released` (a released claim is not
+//! allocated again: create a new claim, as with a spent DRA claim).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tessera_crds::common::condition;
+use tessera_crds::vgpu_claim::{Allocation, ClaimPhase, ReservedFor};
+use tessera_crds::{TesseraNode, VGpuClaim, VGpuClaimStatus, parse_quantity};
+use tracing::{info, warn};
+
+use crate::allocator::{
+    GpuCapacity, LEDGER_ANNOTATION, Ledger, LedgerEntry, Request, best_fit, share_id,
+};
+use crate::conditions;
+use crate::{Context, Error, Result};
+
+/// Annotation by which a Pod consumes a VGpuClaim of its namespace.
+pub const CLAIM_ANNOTATION: &str = "tessera.dev/vgpu-claim";
+const CONTROLLER: &str = "vgpuclaim";
+const MANAGER: &str = "tessera-operator";
+/// Retries of a ledger write that lost a resourceVersion race, before requeueing.
+const LEDGER_RETRIES: usize = 32;
+
+/// Run the controller until the stream ends.
+pub async fn run(ctx: Arc<Context>, nodes: Store<TesseraNode>) {
+    let claims: Api<VGpuClaim> = Api::all(ctx.client.clone());
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let ctx = Arc::new(VGpuContext { ctx, nodes });
+    Controller::new(claims, watcher::Config::default().any_semantic())
+        .watches(pods, watcher::Config::default(), |pod| {
+            let ns = pod.namespace()?;
+            let claim = pod.annotations().get(CLAIM_ANNOTATION)?.clone();
+            Some(ObjectRef::<VGpuClaim>::new(&claim).within(&ns))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The shared context plus the TesseraNode cache (inventories only; ledgers are always re-read).
+pub struct VGpuContext {
+    pub ctx: Arc<Context>,
+    pub nodes: Store<TesseraNode>,
+}
+
+fn error_policy(_claim: Arc<VGpuClaim>, err: &Error, ctx: Arc<VGpuContext>) -> Action {
+    ctx.ctx.metrics.failure(CONTROLLER, err);
+    warn!(error = %err, "vgpuclaim reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile(claim: Arc<VGpuClaim>, ctx: Arc<VGpuContext>) -> Result<Action> {
+    let _timer = ctx.ctx.metrics.reconcile(CONTROLLER);
+    let ns = claim.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<VGpuClaim> = Api::namespaced(ctx.ctx.client.clone(), &ns);
+    let fin = tessera_crds::finalizer("vgpuclaim");
+    finalizer(&api, &fin, claim, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply(&c, &ctx, &api).await,
+            Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn ledger_of(node: &TesseraNode) -> Result<Ledger> {
+    match node.annotations().get(LEDGER_ANNOTATION) {
+        None => Ok(Ledger::default()),
+        Some(s) => serde_json::from_str(s).map_err(|e| Error::Ledger {
+            node: node.name_any(),
+            message: format!("unreadable annotation {LEDGER_ANNOTATION}: {e}"),
+        }),
+    }
+}
+
+fn gpus_of(node: &TesseraNode) -> Vec<GpuCapacity> {
+    let name = node.name_any();
+    node.status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .map(|inv| {
+            inv.gpus
+                .iter()
+                .filter_map(|g| {
+                    Some(GpuCapacity {
+                        node: name.clone(),
+                        index: g.index,
+                        uuid: g.uuid.clone(),
+                        model: g.model.clone(),
+                        memory_bytes: parse_quantity(&g.memory.0).ok()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where the claim is allocated: (node, share id, entry), looked up in the fresh ledger of the node
+/// its status names, else in the cached ledgers of every node (adoption after a crash).
+async fn find_allocation(
+    claim: &VGpuClaim,
+    ctx: &VGpuContext,
+) -> Result<Option<(String, String, LedgerEntry)>> {
+    let uid = claim.uid().unwrap_or_default();
+    let nodes_api: Api<TesseraNode> = Api::all(ctx.ctx.client.clone());
+    if let Some(node) = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .map(|a| a.node_name.clone())
+    {
+        if let Some(n) = nodes_api.get_opt(&node).await?
+            && let Some((sid, e)) = ledger_of(&n)?.find_claim(&uid)
+        {
+            return Ok(Some((node, sid.clone(), e.clone())));
+        }
+        return Ok(None);
+    }
+    for n in ctx.nodes.state() {
+        if let Some((sid, e)) = ledger_of(&n)?.find_claim(&uid) {
+            return Ok(Some((n.name_any(), sid.clone(), e.clone())));
+        }
+    }
+    Ok(None)
+}
+
+/// Apply `change` to a node's ledger with optimistic concurrency (re-read and retry on 409).
+/// `change` returns false to abandon the write (for example when the GPU no longer fits).
+async fn update_ledger<F>(ctx: &VGpuContext, node: &str, mut change: F) -> Result<bool>
+where
+    F: FnMut(&mut Ledger) -> bool,
+{
+    let api: Api<TesseraNode> = Api::all(ctx.ctx.client.clone());
+    for _ in 0..LEDGER_RETRIES {
+        let Some(mut obj) = api.get_opt(node).await? else {
+            return Err(Error::Ledger {
+                node: node.into(),
+                message: "TesseraNode is gone".into(),
+            });
+        };
+        let mut ledger = ledger_of(&obj)?;
+        if !change(&mut ledger) {
+            return Ok(false);
+        }
+        obj.annotations_mut()
+            .insert(LEDGER_ANNOTATION.into(), serde_json::to_string(&ledger)?);
+        // replace() carries metadata.resourceVersion: a concurrent writer makes it fail with 409.
+        match api.replace(node, &PostParams::default(), &obj).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                ctx.ctx.metrics.allocation_conflicts.inc();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict(node.into()))
+}
+
+fn request_of(claim: &VGpuClaim) -> Result<Request> {
+    let memory_bytes = parse_quantity(&claim.spec.memory.0).map_err(|e| Error::Invalid {
+        what: format!("VGpuClaim {}", claim.name_any()),
+        message: e.to_string(),
+    })?;
+    Ok(Request {
+        memory_bytes,
+        compute_share: claim.spec.compute_share,
+        selector: claim.spec.gpu_selector.clone(),
+    })
+}
+
+async fn allocate(
+    claim: &VGpuClaim,
+    ctx: &VGpuContext,
+) -> Result<Option<(String, String, LedgerEntry)>> {
+    let req = request_of(claim)?;
+    let uid = claim.uid().unwrap_or_default();
+    let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
+    let mut gpus = Vec::new();
+    for n in ctx.nodes.state() {
+        gpus.extend(gpus_of(&n));
+        ledgers.insert(n.name_any(), ledger_of(&n)?);
+    }
+    // The cache may be stale: each attempt re-checks the fit against the node's fresh ledger inside
+    // the guarded write, and on a miss refreshes that node's ledger and chooses again.
+    for _ in 0..LEDGER_RETRIES {
+        let Some(place) = best_fit(&gpus, &ledgers, &req) else {
+            return Ok(None);
+        };
+        let node = place.gpu.node.clone();
+        let sid = share_id(&uid);
+        let entry = LedgerEntry {
+            claim_uid: uid.clone(),
+            namespace: claim.namespace().unwrap_or_default(),
+            name: claim.name_any(),
+            gpu_uuid: place.gpu.uuid.clone(),
+            memory_bytes: req.memory_bytes,
+            compute_share: req.compute_share,
+        };
+        let mut fresh = Ledger::default();
+        let written = update_ledger(ctx, &node, |l| {
+            fresh = l.clone();
+            if l.find_claim(&uid).is_some() {
+                return false; // already there (a concurrent reconcile of the same claim)
+            }
+            let one = BTreeMap::from([(node.clone(), l.clone())]);
+            let node_gpus: Vec<GpuCapacity> = gpus
+                .iter()
+                .filter(|g| g.uuid == place.gpu.uuid)
+                .cloned()
+                .collect();
+            if best_fit(&node_gpus, &one, &req).is_none() {
+                return false;
+            }
+            l.shares.insert(sid.clone(), entry.clone());
+            true
+        })
+        .await?;
+        if written {
+            return Ok(Some((node, sid, entry)));
+        }
+        if let Some((s, e)) = fresh.find_claim(&uid) {
+            return Ok(Some((node, s.clone(), e.clone())));
+        }
+        ledgers.insert(node, fresh);
+    }
+    Err(Error::Conflict("allocation kept losing races".into()))
+}
+
+async fn consumers(claim: &VGpuClaim, ctx: &VGpuContext) -> Result<Vec<ReservedFor>> {
+    let ns = claim.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.ctx.client.clone(), &ns);
+    let name = claim.name_any();
+    let mut out: Vec<ReservedFor> = pods
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|p| p.annotations().get(CLAIM_ANNOTATION) == Some(&name))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded") | Some("Failed")
+            )
+        })
+        .map(|p| ReservedFor {
+            resource: "pods".into(),
+            name: p.name_any(),
+            uid: p.uid().unwrap_or_default(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.uid.cmp(&b.uid));
+    Ok(out)
+}
+
+async fn write_status(api: &Api<VGpuClaim>, name: &str, status: &VGpuClaimStatus) -> Result<()> {
+    let patch =
+        json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "VGpuClaim", "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn event(ctx: &VGpuContext, claim: &VGpuClaim, type_: EventType, reason: &str, note: String) {
+    let recorder = Recorder::new(ctx.ctx.client.clone(), ctx.ctx.reporter.clone());
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &claim.object_ref(&())).await {
+        warn!(error = %e, "publishing event");
+    }
+}
+
+async fn apply(claim: &VGpuClaim, ctx: &VGpuContext, api: &Api<VGpuClaim>) -> Result<Action> {
+    let name = claim.name_any();
+    let generation = claim.metadata.generation;
+    let old = claim.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    st.observed_generation = generation;
+    if old.phase == Some(ClaimPhase::Released) {
+        return Ok(Action::await_change());
+    }
+    let found = match find_allocation(claim, ctx).await? {
+        Some(a) => Some(a),
+        None => {
+            let a = allocate(claim, ctx).await?;
+            if let Some((node, sid, e)) = &a {
+                ctx.ctx.metrics.allocations.inc();
+                info!(claim = %name, node, share = sid, gpu = e.gpu_uuid, "allocated");
+                event(
+                    ctx,
+                    claim,
+                    EventType::Normal,
+                    "Allocated",
+                    format!(
+                        "{} and {}% of GPU {} on node {node}",
+                        claim.spec.memory.0, e.compute_share, e.gpu_uuid
+                    ),
+                )
+                .await;
+            }
+            a
+        }
+    };
+    let Some((node, sid, entry)) = found else {
+        let req = request_of(claim)?;
+        st.phase = Some(ClaimPhase::Pending);
+        st.allocation = None;
+        let msg = format!(
+            "no GPU matching the selector has {} bytes of memory and {}% compute share free",
+            req.memory_bytes, req.compute_share
+        );
+        conditions::set(
+            &mut st.conditions,
+            condition::ALLOCATED,
+            false,
+            "Unschedulable",
+            &msg,
+            generation,
+        );
+        if st != old {
+            if old.phase != Some(ClaimPhase::Pending) {
+                event(ctx, claim, EventType::Warning, "AllocationFailed", msg).await;
+            }
+            write_status(api, &name, &st).await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    };
+
+    let pods = consumers(claim, ctx).await?;
+    if pods.is_empty() && !old.reserved_for.is_empty() {
+        // Every pod that reserved the allocation is gone: release it.
+        update_ledger(ctx, &node, |l| l.shares.remove(&sid).is_some()).await?;
+        ctx.ctx.metrics.releases.inc();
+        st.phase = Some(ClaimPhase::Released);
+        st.allocation = None;
+        st.reserved_for.clear();
+        conditions::set(
+            &mut st.conditions,
+            condition::ALLOCATED,
+            false,
+            "Released",
+            "every pod that reserved the allocation is gone",
+            generation,
+        );
+        write_status(api, &name, &st).await?;
+        info!(claim = %name, node, share = sid, "released");
+        event(
+            ctx,
+            claim,
+            EventType::Normal,
+            "Released",
+            format!("share {sid} on node {node} released"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    st.allocation = Some(Allocation {
+        node_name: node.clone(),
+        gpu_uuid: entry.gpu_uuid.clone(),
+        share_id: sid.clone(),
+        memory: Quantity(claim.spec.memory.0.clone()),
+        compute_share: entry.compute_share,
+    });
+    st.phase = Some(if pods.is_empty() {
+        ClaimPhase::Allocated
+    } else {
+        ClaimPhase::Bound
+    });
+    st.reserved_for = pods;
+    conditions::set(
+        &mut st.conditions,
+        condition::ALLOCATED,
+        true,
+        "Allocated",
+        &format!("share {sid} of GPU {} on node {node}", entry.gpu_uuid),
+        generation,
+    );
+    if st != old {
+        write_status(api, &name, &st).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn cleanup(claim: &VGpuClaim, ctx: &VGpuContext) -> Result<Action> {
+    if let Some((node, sid, _)) = find_allocation(claim, ctx).await? {
+        update_ledger(ctx, &node, |l| l.shares.remove(&sid).is_some()).await?;
+        ctx.ctx.metrics.releases.inc();
+        info!(claim = %claim.name_any(), node, share = sid, "released on deletion");
+    }
+    Ok(Action::await_change())
+}
