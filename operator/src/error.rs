@@ -15,6 +15,8 @@ pub enum Error {
     Conflict(String),
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("waiting: {0}")]
+    Waiting(String),
     #[error("metrics/health server: {0}")]
     Server(#[source] std::io::Error),
 }
@@ -32,6 +34,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Json(_) => "json",
             Error::Server(_) => "server",
+            Error::Waiting(_) => "waiting",
         }
     }
 }

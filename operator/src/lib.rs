@@ -2,15 +2,17 @@
 //! (Context / reconcile / error_policy / finalizer, status through server-side apply, Events,
 //! Prometheus metrics), behind leader election through a Lease.
 //!
-//! Built today: the VGpuClaim controller ([`vgpu`], with the allocator in [`allocator`]), leader
-//! election ([`leader`]), metrics and health endpoints. Not built yet: the StoragePool and
-//! GpuRaidPolicy controllers and the node-agent DaemonSet management (see README.md).
+//! Controllers: [`storage_pool`], [`gpu_raid_policy`], [`vgpu`] (with the allocator in
+//! [`allocator`]); leader election in [`leader`]; checks CEL cannot make in [`validate`].
 
 pub mod allocator;
 pub mod conditions;
 mod error;
+pub mod gpu_raid_policy;
 pub mod leader;
 pub mod metrics;
+pub mod storage_pool;
+pub mod validate;
 pub mod vgpu;
 
 use std::net::SocketAddr;
@@ -35,6 +37,101 @@ pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
     pub reporter: Reporter,
+    pub node_agent: Option<NodeAgentConfig>,
+    /// When the node-agent DaemonSet was last applied (it is re-applied at most once a minute).
+    pub daemonset_applied: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How the node agent DaemonSet must look (from the operator's flags).
+#[derive(Debug, Clone)]
+pub struct NodeAgentConfig {
+    pub namespace: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    pub service_account: String,
+}
+
+/// Publish an Event about an object; failures are logged, never fatal.
+pub async fn publish_event(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+) {
+    let recorder = kube::runtime::events::Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        warn!(error = %e, "publishing event");
+    }
+}
+
+/// The node-agent DaemonSet the operator keeps in place: privileged (it runs zpool, mdadm, lvm and
+/// smartctl), on every selected node, tolerating every taint (storage nodes are often tainted).
+pub fn node_agent_daemonset(cfg: &NodeAgentConfig) -> serde_json::Value {
+    let labels = serde_json::json!({"app.kubernetes.io/name": "tessera-node-agent", "app.kubernetes.io/part-of": "tessera"});
+    let host =
+        |name: &str, path: &str| serde_json::json!({"name": name, "hostPath": {"path": path}});
+    let mount = |name: &str, path: &str| serde_json::json!({"name": name, "mountPath": path});
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "tessera-node-agent", "namespace": cfg.namespace, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "tessera-node-agent"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": cfg.service_account,
+                    "nodeSelector": cfg.node_selector,
+                    "tolerations": [{"operator": "Exists"}],
+                    "hostPID": false,
+                    "containers": [{
+                        "name": "node-agent",
+                        "image": cfg.image,
+                        "args": cfg.args,
+                        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                        "securityContext": {"privileged": true},
+                        "volumeMounts": [mount("dev", "/dev"), mount("sys", "/sys"), mount("udev", "/run/udev"), mount("modules", "/lib/modules")],
+                    }],
+                    "volumes": [host("dev", "/dev"), host("sys", "/sys"), host("udev", "/run/udev"), host("modules", "/lib/modules")],
+                }
+            }
+        }
+    })
+}
+
+/// Apply the node-agent DaemonSet if configured and not applied in the last minute.
+pub async fn ensure_node_agent_daemonset(ctx: &Context) {
+    let Some(cfg) = &ctx.node_agent else { return };
+    {
+        let Ok(mut last) = ctx.daemonset_applied.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    let api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(ctx.client.clone(), &cfg.namespace);
+    let ds = node_agent_daemonset(cfg);
+    let pp = kube::api::PatchParams::apply("tessera-operator").force();
+    if let Err(e) = api
+        .patch("tessera-node-agent", &pp, &kube::api::Patch::Apply(&ds))
+        .await
+    {
+        warn!(error = %e, "applying the node-agent DaemonSet");
+        if let Ok(mut last) = ctx.daemonset_applied.lock() {
+            *last = None;
+        }
+    }
 }
 
 /// Operator settings (flags of the binary).
@@ -45,6 +142,7 @@ pub struct Config {
     pub identity: String,
     pub lease_duration: Duration,
     pub listen: SocketAddr,
+    pub node_agent: Option<NodeAgentConfig>,
 }
 
 async fn metrics_handler(
@@ -111,7 +209,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<()> {
             controller: "tessera-operator".into(),
             instance: Some(cfg.identity.clone()),
         },
+        node_agent: cfg.node_agent.clone(),
+        daemonset_applied: std::sync::Mutex::new(None),
     });
+    ensure_node_agent_daemonset(&ctx).await;
     let (nodes, writer) = reflector::store::<TesseraNode>();
     let node_api: kube::Api<TesseraNode> = kube::Api::all(client.clone());
     let node_reflector = reflector(writer, watcher(node_api, watcher::Config::default()))
@@ -120,7 +221,16 @@ pub async fn run(client: Client, cfg: Config) -> Result<()> {
         .for_each(|_| futures::future::ready(()));
     let reflector_task = tokio::spawn(node_reflector);
     let _ = nodes.wait_until_ready().await;
-    let controllers = tokio::spawn(vgpu::run(ctx.clone(), nodes));
+    let controllers = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            tokio::join!(
+                vgpu::run(ctx.clone(), nodes),
+                storage_pool::run(ctx.clone()),
+                gpu_raid_policy::run(ctx)
+            );
+        }
+    });
 
     // Leader: renew; if the lease cannot be renewed before it expires, stop acting.
     let mut last_renew = Instant::now();

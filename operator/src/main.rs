@@ -30,6 +30,22 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Image of the node agent; when set, the operator keeps the `tessera-node-agent` DaemonSet in
+    /// the operator namespace matching these flags.
+    #[arg(long)]
+    node_agent_image: Option<String>,
+    /// Namespace of the node-agent DaemonSet (default: the lease namespace).
+    #[arg(long)]
+    node_agent_namespace: Option<String>,
+    /// Extra argument of the node agent (repeat the flag).
+    #[arg(long = "node-agent-arg")]
+    node_agent_args: Vec<String>,
+    /// Node selector of the node agent, `key=value` (repeat the flag). Default: every node.
+    #[arg(long = "node-agent-node-selector", value_parser = parse_kv)]
+    node_agent_node_selector: Vec<(String, String)>,
+    /// ServiceAccount of the node agent.
+    #[arg(long, default_value = "tessera-node-agent")]
+    node_agent_service_account: String,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -72,6 +88,18 @@ fn main() -> ExitCode {
                 identity,
                 lease_duration: Duration::from_secs(args.lease_seconds),
                 listen: args.listen,
+                node_agent: args.node_agent_image.clone().map(|image| {
+                    tessera_operator::NodeAgentConfig {
+                        namespace: args
+                            .node_agent_namespace
+                            .clone()
+                            .unwrap_or_else(|| args.lease_namespace.clone()),
+                        image,
+                        args: args.node_agent_args.clone(),
+                        node_selector: args.node_agent_node_selector.iter().cloned().collect(),
+                        service_account: args.node_agent_service_account.clone(),
+                    }
+                }),
             },
         )
         .await
@@ -99,4 +127,10 @@ async fn tessera_operator_client(path: &std::path::Path) -> tessera_operator::Re
             message: e.to_string(),
         })?;
     Ok(kube::Client::try_from(cfg)?)
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }

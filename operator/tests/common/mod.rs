@@ -32,6 +32,17 @@ pub fn free_port() -> u16 {
 
 /// Start the operator binary with a kubeconfig, a lease and an identity.
 pub fn start_operator(kubeconfig: &Path, lease_ns: &str, identity: &str, log: &Path) -> Operator {
+    start_operator_with(kubeconfig, lease_ns, identity, log, &[])
+}
+
+/// Same, with extra flags.
+pub fn start_operator_with(
+    kubeconfig: &Path,
+    lease_ns: &str,
+    identity: &str,
+    log: &Path,
+    extra: &[&str],
+) -> Operator {
     let port = free_port();
     let out = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera-operator"));
@@ -40,6 +51,7 @@ pub fn start_operator(kubeconfig: &Path, lease_ns: &str, identity: &str, log: &P
         .arg(format!("--identity={identity}"))
         .arg("--lease-seconds=6")
         .arg(format!("--listen=127.0.0.1:{port}"))
+        .args(extra)
         .env("RUST_LOG", "info,kube=warn")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
