@@ -44,8 +44,7 @@ pub fn optional_quantity_string_schema(g: &mut SchemaGenerator) -> Schema {
 }
 
 /// The quantity grammar of Kubernetes (decimal number, optional binary or decimal suffix).
-pub const QUANTITY_PATTERN: &str =
-    r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
+pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
 
 /// Schema of a ZFS size property such as `1M`, `128K`, `16K` or `0`.
 pub fn zfs_size_schema(_: &mut SchemaGenerator) -> Schema {
@@ -166,7 +165,11 @@ mod tests {
     fn gpu_selector_combines_fields_with_and() {
         let any = GpuSelector::default();
         assert!(any.matches(3, "GPU-1", "NVIDIA H100 80GB HBM3"));
-        let h100_idx0 = GpuSelector { index: Some(0), model: Some("H100".into()), uuid: None };
+        let h100_idx0 = GpuSelector {
+            index: Some(0),
+            model: Some("H100".into()),
+            uuid: None,
+        };
         assert!(h100_idx0.matches(0, "GPU-1", "NVIDIA H100 80GB HBM3"));
         assert!(!h100_idx0.matches(1, "GPU-1", "NVIDIA H100 80GB HBM3"));
         assert!(!h100_idx0.matches(0, "GPU-1", "NVIDIA H200"));
@@ -174,6 +177,9 @@ mod tests {
 
     #[test]
     fn finalizer_names_follow_the_convention() {
-        assert_eq!(finalizer("storagepool"), "tessera.dev/storagepool-protection");
+        assert_eq!(
+            finalizer("storagepool"),
+            "tessera.dev/storagepool-protection"
+        );
     }
 }

@@ -71,7 +71,9 @@ fn default_codes() -> Vec<ParityCode> {
 }
 
 /// A parity code the engine implements.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ParityCode {
     Xor,

@@ -8,7 +8,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{SecretReference, optional_quantity_string_schema, quantity_string_schema, zfs_size_schema};
+use crate::common::{
+    SecretReference, optional_quantity_string_schema, quantity_string_schema, zfs_size_schema,
+};
 
 /// Desired state of a storage pool on one node.
 ///
@@ -260,7 +262,10 @@ pub enum VdevType {
 #[serde(rename_all = "camelCase")]
 pub struct ZfsDataset {
     /// Dataset path relative to the pool, e.g. `inference` or `vm` (nested: `a/b`). Required. Immutable.
-    #[schemars(length(min = 1, max = 200), pattern(r"^[a-zA-Z0-9_.:-]+(/[a-zA-Z0-9_.:-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^[a-zA-Z0-9_.:-]+(/[a-zA-Z0-9_.:-]+)*$")
+    )]
     pub name: String,
     /// `recordsize`, e.g. `1M` for large sequential files, `128K` (ZFS default) for mixed. May change
     /// (applies to newly written files).
@@ -270,7 +275,10 @@ pub struct ZfsDataset {
     /// `compression`: `off`, `on`, `lz4`, `zstd`, `zstd-N`, `gzip`, `gzip-N`, `zle`. Inherited by
     /// default. May change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16), pattern(r"^(on|off|lz4|lzjb|zle|zstd(-[0-9]{1,2})?|zstd-fast(-[0-9]+)?|gzip(-[1-9])?)$"))]
+    #[schemars(
+        length(max = 16),
+        pattern(r"^(on|off|lz4|lzjb|zle|zstd(-[0-9]{1,2})?|zstd-fast(-[0-9]+)?|gzip(-[1-9])?)$")
+    )]
     pub compression: Option<String>,
     /// `sync`: `standard`, `always` or `disabled` (disabled loses the last seconds of writes on power
     /// failure; only for scratch data). Inherited by default. May change.
@@ -338,7 +346,10 @@ pub struct SnapshotPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct ZfsVolume {
     /// Volume path relative to the pool, e.g. `vm/iscsi0`. Required. Immutable.
-    #[schemars(length(min = 1, max = 200), pattern(r"^[a-zA-Z0-9_.:-]+(/[a-zA-Z0-9_.:-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^[a-zA-Z0-9_.:-]+(/[a-zA-Z0-9_.:-]+)*$")
+    )]
     pub name: String,
     /// Size (Kubernetes quantity). Required. May grow, never shrink.
     #[schemars(schema_with = "quantity_string_schema")]
@@ -360,7 +371,10 @@ pub struct ZfsVolume {
     pub volmode: Option<VolMode>,
     /// `compression` of the volume (same values as datasets). Inherited by default. May change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16), pattern(r"^(on|off|lz4|lzjb|zle|zstd(-[0-9]{1,2})?|zstd-fast(-[0-9]+)?|gzip(-[1-9])?)$"))]
+    #[schemars(
+        length(max = 16),
+        pattern(r"^(on|off|lz4|lzjb|zle|zstd(-[0-9]{1,2})?|zstd-fast(-[0-9]+)?|gzip(-[1-9])?)$")
+    )]
     pub compression: Option<String>,
     /// Create the volume sparse (thin-provisioned, no reservation). Default: false. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -419,7 +433,10 @@ pub struct NfsClient {
     /// Export options, e.g. `[rw, sync, no_subtree_check]`. Default: `[ro, sync, no_subtree_check,
     /// root_squash]`. May change.
     #[serde(default)]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 64), pattern(r"^[a-z_]+(=[^\s,()]+)?$")))]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 64), pattern(r"^[a-z_]+(=[^\s,()]+)?$"))
+    )]
     pub options: Vec<String>,
 }
 
@@ -431,7 +448,10 @@ pub struct IscsiExport {
     #[schemars(length(min = 1, max = 200))]
     pub volume: String,
     /// Target IQN, e.g. `iqn.2026-01.dev.tessera:llm-vm`. Required. May change.
-    #[schemars(length(max = 223), pattern(r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[^\s]+)?$"))]
+    #[schemars(
+        length(max = 223),
+        pattern(r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[^\s]+)?$")
+    )]
     pub target_iqn: String,
     /// LUN number. Default: 0. May change.
     #[serde(default)]
@@ -439,7 +459,13 @@ pub struct IscsiExport {
     pub lun: u16,
     /// Initiator IQNs allowed to log in (ACLs). At least one: an open target is never created.
     /// May change.
-    #[schemars(length(min = 1, max = 64), inner(length(max = 223), pattern(r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[^\s]+)?$")))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(
+            length(max = 223),
+            pattern(r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[^\s]+)?$")
+        )
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_initiators: Vec<String>,
     /// Secret with `username` and `password` (and optionally `mutualUsername`, `mutualPassword`)
@@ -531,7 +557,10 @@ pub enum MdBitmap {
 ]))]
 pub struct LvmSpec {
     /// Volume group name. Required. Immutable.
-    #[schemars(length(min = 1, max = 127), pattern(r"^[a-zA-Z0-9+_.][a-zA-Z0-9+_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 127),
+        pattern(r"^[a-zA-Z0-9+_.][a-zA-Z0-9+_.-]*$")
+    )]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "vgName is immutable"}]))]
     pub vg_name: String,
     /// Physical volumes (devices). Required. May grow; removing a PV is refused.
@@ -559,7 +588,10 @@ pub struct LvmSpec {
 ]))]
 pub struct LogicalVolume {
     /// LV name. Required. Immutable.
-    #[schemars(length(min = 1, max = 127), pattern(r"^[a-zA-Z0-9+_.][a-zA-Z0-9+_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 127),
+        pattern(r"^[a-zA-Z0-9+_.][a-zA-Z0-9+_.-]*$")
+    )]
     pub name: String,
     /// Segment type. Required. Immutable (LVM can convert some types, Tessera refuses to).
     #[serde(rename = "type")]

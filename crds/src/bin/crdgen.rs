@@ -32,7 +32,10 @@ fn main() -> ExitCode {
         match tessera_crds::stale_files(&args.out) {
             Ok(stale) if stale.is_empty() => Ok(()),
             Ok(stale) => {
-                eprintln!("stale CRD manifests (run `make crds`): {}", stale.join(", "));
+                eprintln!(
+                    "stale CRD manifests (run `make crds`): {}",
+                    stale.join(", ")
+                );
                 return ExitCode::from(1);
             }
             Err(e) => Err(e),
