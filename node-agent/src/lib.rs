@@ -1,1 +1,13 @@
-//! `tessera-node-agent`: not built yet. This crate is intentionally empty; see README.md and ../docs/DESIGN.md.
+//! `tessera-node-agent`: one per node. Inventory (disks, signatures, SMART, GPUs, Xen), SMART
+//! judgement, and StoragePool planning/apply through real `mdadm` (zfs and lvm: see README), all
+//! behind the [`runner::Runner`] trait so that planning is unit-tested without root.
+
+pub mod apply;
+mod error;
+pub mod inventory;
+pub mod md;
+pub mod plan;
+pub mod runner;
+pub mod smart;
+
+pub use error::{Error, Result};

@@ -1,0 +1,136 @@
+//! tessera-node-agent: one-shot mode for hosts without an apiserver and for tests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tessera_node_agent::runner::SystemRunner;
+use tessera_node_agent::smart::Thresholds;
+
+/// Tessera's node agent. One-shot commands: `inventory` and `apply` (the controller mode that
+/// watches the apiserver is not built yet; see node-agent/README.md).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print this node's inventory (block devices, signatures, SMART, GPUs, Xen).
+    Inventory {
+        /// Print JSON (the TesseraNode `status.inventory` shape).
+        #[arg(long)]
+        json: bool,
+        /// SMART thresholds as a JSON/YAML file (fields of `Thresholds`; defaults: 55/65 °C, ...).
+        #[arg(long)]
+        smart_thresholds: Option<PathBuf>,
+    },
+    /// Plan and apply one StoragePool (a YAML file) on this node.
+    Apply {
+        /// The StoragePool manifest.
+        #[arg(long)]
+        pool: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the agent's status report (health, members, operation, conditions) here as JSON.
+        #[arg(long)]
+        status_out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let r = SystemRunner;
+    let res: Result<u8, String> = match args.cmd {
+        Cmd::Inventory {
+            json,
+            smart_thresholds,
+        } => (|| {
+            let t: Thresholds = match smart_thresholds {
+                Some(p) => serde_yaml::from_str(
+                    &std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?,
+                )
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+                None => Thresholds::default(),
+            };
+            let inv = tessera_node_agent::inventory::collect(&r, &t).map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inv).map_err(|e| e.to_string())?
+                );
+            } else {
+                for d in &inv.block_devices {
+                    let smart = d
+                        .smart
+                        .as_ref()
+                        .and_then(|s| s.health.clone())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<20} {:>16} {:<28} smart={smart} signatures={}",
+                        d.path,
+                        d.size.as_ref().map(|q| q.0.clone()).unwrap_or_default(),
+                        d.model.clone().unwrap_or_default(),
+                        d.signatures.join(",")
+                    );
+                }
+                for g in &inv.gpus {
+                    println!("gpu{} {} {} {}", g.index, g.uuid, g.model, g.memory.0);
+                }
+                println!("xen: {:?}", inv.xen);
+            }
+            Ok(0)
+        })(),
+        Cmd::Apply {
+            pool,
+            dry_run,
+            status_out,
+        } => (|| {
+            let text =
+                std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let sp: tessera_crds::StoragePool =
+                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let report =
+                tessera_node_agent::apply::apply(&r, &sp, dry_run).map_err(|e| e.to_string())?;
+            for s in &report.plan.steps {
+                println!(
+                    "{}{}: {}",
+                    if s.destructive { "[destructive] " } else { "" },
+                    s.description,
+                    s.command.join(" ")
+                );
+            }
+            for x in &report.plan.refusals {
+                println!("refused ({}): {}", x.reason, x.message);
+            }
+            if let Some(p) = status_out {
+                std::fs::write(
+                    &p,
+                    serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(if report.plan.refusals.is_empty() {
+                0
+            } else {
+                3
+            })
+        })(),
+    };
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tessera-node-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
