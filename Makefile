@@ -3,6 +3,10 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cache/tessera/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
+# Rust build artifacts are shared by every clone on this machine (CI builds a fresh clone each time),
+# keyed by the pinned toolchain, so only the workspace's own crates rebuild in a new clone.
+RUST_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tessera/cargo-target-$(RUST_TOOLCHAIN)
 
 .PHONY: help deps build test dev dev-down crds fmt
 help: ## list the targets

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$HOME/.cache/tessera/bin:$PATH
 DIR=${TESSERA_DEV_DIR:-.dev/cluster}
+BIN=${CARGO_TARGET_DIR:-target}/debug/tessera-e2e
 t0=$(date +%s)
 lap() { echo "[dev] $1 ($(( $(date +%s) - t0 ))s)"; }
 case ${1:-up} in
@@ -15,7 +16,7 @@ case ${1:-up} in
     lap "built tessera-e2e"
     samples=()
     for f in deploy/samples/*.yaml; do samples+=(--apply "$f"); done
-    export_line=$(target/debug/tessera-e2e --dir "$DIR" up --crds charts/tessera/crds "${samples[@]}")
+    export_line=$("$BIN" --dir "$DIR" up --crds charts/tessera/crds "${samples[@]}")
     lap "control plane up, CRDs established, samples applied"
     kubeconfig=${export_line#export KUBECONFIG=}
     kubectl --kubeconfig "$kubeconfig" get sp,grp,vgc,tn -A
@@ -30,8 +31,8 @@ Tessera's local control plane is running (logs: $DIR/logs). Next:
 TXT
     ;;
   down)
-    if [ -x target/debug/tessera-e2e ]; then
-      target/debug/tessera-e2e --dir "$DIR" down
+    if [ -x "$BIN" ]; then
+      "$BIN" --dir "$DIR" down
     else
       cargo run -q -p tessera-e2e --bin tessera-e2e -- --dir "$DIR" down
     fi

@@ -188,7 +188,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<()> {
         identity: cfg.identity.clone(),
         duration: cfg.lease_duration,
     };
-    let retry = cfg.lease_duration / 3;
+    let retry = cfg.lease_duration / 4;
     // Follower: poll until the lease is ours.
     loop {
         match leader::try_acquire(&client, &lease).await {
@@ -233,29 +233,41 @@ pub async fn run(client: Client, cfg: Config) -> Result<()> {
     });
 
     // Leader: renew; if the lease cannot be renewed before it expires, stop acting.
+    // Like client-go's renewDeadline: stop acting when no renewal has succeeded for 2/3 of the lease
+    // duration, measured from when the last successful request was *sent*, so a follower (which
+    // waits the full duration after the recorded renewTime) never overlaps with us.
+    let renew_deadline = cfg.lease_duration * 2 / 3;
     let mut last_renew = Instant::now();
     let result = loop {
         tokio::time::sleep(retry).await;
         if controllers.is_finished() {
             break Ok(()); // shut down on signal
         }
-        match leader::try_acquire(&client, &lease).await {
-            Ok(leader::LeaseState::Leader) => last_renew = Instant::now(),
+        if last_renew.elapsed() >= renew_deadline {
+            break Err(Error::Invalid {
+                what: "leadership".into(),
+                message: format!("no renewal for {:?}; stepping down", last_renew.elapsed()),
+            });
+        }
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(
+            renew_deadline.saturating_sub(last_renew.elapsed()),
+            leader::try_acquire(&client, &lease),
+        )
+        .await;
+        let attempt = match attempt {
+            Ok(r) => r,
+            Err(_) => continue, // timed out: the deadline check above ends leadership
+        };
+        match attempt {
+            Ok(leader::LeaseState::Leader) => last_renew = sent,
             Ok(leader::LeaseState::Follower { holder }) => {
                 break Err(Error::Invalid {
                     what: "leadership".into(),
                     message: format!("lost the lease to {holder}"),
                 });
             }
-            Err(e) => {
-                warn!(error = %e, "lease renewal failed");
-                if last_renew.elapsed() >= cfg.lease_duration {
-                    break Err(Error::Invalid {
-                        what: "leadership".into(),
-                        message: "lease expired".into(),
-                    });
-                }
-            }
+            Err(e) => warn!(error = %e, "lease renewal failed"),
         }
     };
     metrics.leader.set(0);

@@ -42,7 +42,11 @@ const LEDGER_RETRIES: usize = 32;
 pub async fn run(ctx: Arc<Context>, nodes: Store<TesseraNode>) {
     let claims: Api<VGpuClaim> = Api::all(ctx.client.clone());
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let ctx = Arc::new(VGpuContext { ctx, nodes });
+    let ctx = Arc::new(VGpuContext {
+        ctx,
+        nodes,
+        ledger_lock: Default::default(),
+    });
     Controller::new(claims, watcher::Config::default().any_semantic())
         .watches(pods, watcher::Config::default(), |pod| {
             let ns = pod.namespace()?;
@@ -59,6 +63,11 @@ pub async fn run(ctx: Arc<Context>, nodes: Store<TesseraNode>) {
 pub struct VGpuContext {
     pub ctx: Arc<Context>,
     pub nodes: Store<TesseraNode>,
+    /// Serializes this replica's ledger writes (so its own reconciles never race each other) and
+    /// remembers the TesseraNode objects it last wrote, with their resourceVersion: the next write
+    /// starts from them instead of a GET, and the choice of GPU sees them before the watch cache
+    /// does. Correctness still rests on the resourceVersion guard: a stale entry only costs a 409.
+    pub ledger_lock: tokio::sync::Mutex<std::collections::HashMap<String, TesseraNode>>,
 }
 
 fn error_policy(_claim: Arc<VGpuClaim>, err: &Error, ctx: Arc<VGpuContext>) -> Action {
@@ -145,17 +154,41 @@ async fn find_allocation(
 
 /// Apply `change` to a node's ledger with optimistic concurrency (re-read and retry on 409).
 /// `change` returns false to abandon the write (for example when the GPU no longer fits).
-async fn update_ledger<F>(ctx: &VGpuContext, node: &str, mut change: F) -> Result<bool>
+async fn update_ledger<F>(ctx: &VGpuContext, node: &str, change: F) -> Result<bool>
+where
+    F: FnMut(&mut Ledger) -> bool,
+{
+    let mut written = ctx.ledger_lock.lock().await;
+    update_ledger_locked(ctx, &mut written, node, change).await
+}
+
+async fn update_ledger_locked<F>(
+    ctx: &VGpuContext,
+    written: &mut std::collections::HashMap<String, TesseraNode>,
+    node: &str,
+    mut change: F,
+) -> Result<bool>
 where
     F: FnMut(&mut Ledger) -> bool,
 {
     let api: Api<TesseraNode> = Api::all(ctx.ctx.client.clone());
-    for _ in 0..LEDGER_RETRIES {
-        let Some(mut obj) = api.get_opt(node).await? else {
-            return Err(Error::Ledger {
-                node: node.into(),
-                message: "TesseraNode is gone".into(),
-            });
+    for attempt in 0..LEDGER_RETRIES {
+        let cached = if attempt == 0 {
+            written.get(node).cloned()
+        } else {
+            None
+        };
+        let mut obj = match cached {
+            Some(o) => o,
+            None => match api.get_opt(node).await? {
+                Some(o) => o,
+                None => {
+                    return Err(Error::Ledger {
+                        node: node.into(),
+                        message: "TesseraNode is gone".into(),
+                    });
+                }
+            },
         };
         let mut ledger = ledger_of(&obj)?;
         if !change(&mut ledger) {
@@ -165,10 +198,13 @@ where
             .insert(LEDGER_ANNOTATION.into(), serde_json::to_string(&ledger)?);
         // replace() carries metadata.resourceVersion: a concurrent writer makes it fail with 409.
         match api.replace(node, &PostParams::default(), &obj).await {
-            Ok(_) => return Ok(true),
+            Ok(new) => {
+                written.insert(node.to_string(), new);
+                return Ok(true);
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 ctx.ctx.metrics.allocation_conflicts.inc();
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                written.remove(node);
             }
             Err(e) => return Err(e.into()),
         }
@@ -194,11 +230,17 @@ async fn allocate(
 ) -> Result<Option<(String, String, LedgerEntry)>> {
     let req = request_of(claim)?;
     let uid = claim.uid().unwrap_or_default();
+    let mut written = ctx.ledger_lock.lock().await;
     let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
     let mut gpus = Vec::new();
     for n in ctx.nodes.state() {
         gpus.extend(gpus_of(&n));
-        ledgers.insert(n.name_any(), ledger_of(&n)?);
+        let name = n.name_any();
+        let ledger = match written.get(&name) {
+            Some(w) => ledger_of(w)?,
+            None => ledger_of(&n)?,
+        };
+        ledgers.insert(name, ledger);
     }
     // The cache may be stale: each attempt re-checks the fit against the node's fresh ledger inside
     // the guarded write, and on a miss refreshes that node's ledger and chooses again.
@@ -217,7 +259,7 @@ async fn allocate(
             compute_share: req.compute_share,
         };
         let mut fresh = Ledger::default();
-        let written = update_ledger(ctx, &node, |l| {
+        let ok = update_ledger_locked(ctx, &mut written, &node, |l| {
             fresh = l.clone();
             if l.find_claim(&uid).is_some() {
                 return false; // already there (a concurrent reconcile of the same claim)
@@ -235,7 +277,7 @@ async fn allocate(
             true
         })
         .await?;
-        if written {
+        if ok {
             return Ok(Some((node, sid, entry)));
         }
         if let Some((s, e)) = fresh.find_claim(&uid) {

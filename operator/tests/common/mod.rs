@@ -49,7 +49,7 @@ pub fn start_operator_with(
     cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
         .arg(format!("--lease-namespace={lease_ns}"))
         .arg(format!("--identity={identity}"))
-        .arg("--lease-seconds=6")
+        .arg("--lease-seconds=8")
         .arg(format!("--listen=127.0.0.1:{port}"))
         .args(extra)
         .env("RUST_LOG", "info,kube=warn")
