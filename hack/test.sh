@@ -4,7 +4,7 @@
 # TESSERA_STAGES="20-cargo-test 30-crds" limits the run to those stages.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-cd "$HERE/.."
+cd "$HERE/.." || exit 2
 export PATH=$HOME/.cache/tessera/bin:$PATH
 T0=$(date +%s)
 declare -a rows

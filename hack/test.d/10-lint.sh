@@ -5,7 +5,7 @@ cargo fmt --all -- --check
 echo "cargo fmt: clean"
 cargo deny --log-level error check licenses
 echo "cargo deny licenses: ok"
-shellcheck -S warning hack/*.sh hack/test.d/*.sh .ci/run
+find hack e2e -name "*.sh" -not -path "*/target/*" -print0 | xargs -0 shellcheck -S warning .ci/run
 echo "shellcheck: clean"
 cargo run -q -p tessera-crds --bin crdgen -- --check --out charts/tessera/crds
 echo "CRD manifests: current"

@@ -50,6 +50,9 @@ pub struct NodeAgentConfig {
     pub args: Vec<String>,
     pub node_selector: std::collections::BTreeMap<String, String>,
     pub service_account: String,
+    /// The operator's own Deployment (in `namespace`): made the DaemonSet's owner so that deleting
+    /// the operator (helm uninstall) garbage-collects the DaemonSet too.
+    pub owner_deployment: Option<String>,
 }
 
 /// Publish an Event about an object; failures are logged, never fatal.
@@ -121,7 +124,23 @@ pub async fn ensure_node_agent_daemonset(ctx: &Context) {
     }
     let api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
         kube::Api::namespaced(ctx.client.clone(), &cfg.namespace);
-    let ds = node_agent_daemonset(cfg);
+    let mut ds = node_agent_daemonset(cfg);
+    if let Some(owner) = &cfg.owner_deployment {
+        let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(ctx.client.clone(), &cfg.namespace);
+        match deployments.get_opt(owner).await {
+            Ok(Some(d)) => {
+                ds["metadata"]["ownerReferences"] = serde_json::json!([{
+                    "apiVersion": "apps/v1", "kind": "Deployment", "name": owner,
+                    "uid": d.metadata.uid.unwrap_or_default(), "blockOwnerDeletion": false,
+                }]);
+            }
+            Ok(None) => {
+                warn!(%owner, "owner Deployment not found; the node-agent DaemonSet gets no owner")
+            }
+            Err(e) => warn!(error = %e, %owner, "reading the owner Deployment"),
+        }
+    }
     let pp = kube::api::PatchParams::apply("tessera-operator").force();
     if let Err(e) = api
         .patch("tessera-node-agent", &pp, &kube::api::Patch::Apply(&ds))

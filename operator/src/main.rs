@@ -46,6 +46,10 @@ struct Args {
     /// ServiceAccount of the node agent.
     #[arg(long, default_value = "tessera-node-agent")]
     node_agent_service_account: String,
+    /// The operator's own Deployment, made the owner of the node-agent DaemonSet (so that deleting
+    /// the operator removes the DaemonSet). Default: no owner.
+    #[arg(long)]
+    owner_deployment: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
                         args: args.node_agent_args.clone(),
                         node_selector: args.node_agent_node_selector.iter().cloned().collect(),
                         service_account: args.node_agent_service_account.clone(),
+                        owner_deployment: args.owner_deployment.clone(),
                     }
                 }),
             },
