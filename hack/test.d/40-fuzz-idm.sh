@@ -9,7 +9,7 @@ secs=${FUZZ_SECONDS:-60}
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   t=$(date +%s)
   echo "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
+  cargo install cargo-fuzz --locked   # normally done by hack/deps.sh (version pinned there)
   echo "cargo-fuzz installed in $(( $(date +%s) - t ))s"
 fi
 export RUSTC_BOOTSTRAP=1
