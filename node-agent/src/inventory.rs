@@ -161,10 +161,10 @@ pub fn collect(r: &dyn Runner, thresholds: &Thresholds) -> Result<Inventory> {
             .collect();
         d.by_id.sort();
         d.signatures = signatures(r, &d.path).unwrap_or_else(|e| vec![format!("unknown ({e})")]);
-        if let Ok(out) = r.run("smartctl", &["--json", "-a", &d.path]) {
-            if !out.stdout.trim().is_empty() {
-                d.smart = Some(evaluate(&out.stdout, thresholds).0);
-            }
+        if let Ok(out) = r.run("smartctl", &["--json", "-a", &d.path])
+            && !out.stdout.trim().is_empty()
+        {
+            d.smart = Some(evaluate(&out.stdout, thresholds).0);
         }
     }
     let gpus = match r.run(

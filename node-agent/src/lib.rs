@@ -3,6 +3,7 @@
 //! behind the [`runner::Runner`] trait so that planning is unit-tested without root.
 
 pub mod apply;
+pub mod controller;
 mod error;
 pub mod inventory;
 pub mod md;

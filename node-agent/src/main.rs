@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use tessera_node_agent::runner::SystemRunner;
 use tessera_node_agent::smart::Thresholds;
 
-/// Tessera's node agent. One-shot commands: `inventory` and `apply` (the controller mode that
-/// watches the apiserver is not built yet; see node-agent/README.md).
+/// Tessera's node agent. `run` is the controller mode (the DaemonSet); `inventory` and `apply` are
+/// one-shot commands for hosts without an apiserver and for tests.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -18,6 +18,22 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Controller mode: publish this node's inventory, apply the StoragePools the operator resolved
+    /// to this node, report their status and the GpuRaidPolicies that select it.
+    Run {
+        /// Name of this node (the DaemonSet sets NODE_NAME from spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Kubeconfig; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Plan and report, but change no storage (for machines whose disks are not test disks).
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds between passes (a change of a pool or policy triggers one sooner).
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+    },
     /// Print this node's inventory (block devices, signatures, SMART, GPUs, Xen).
     Inventory {
         /// Print JSON (the TesseraNode `status.inventory` shape).
@@ -51,6 +67,39 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let r = SystemRunner;
     let res: Result<u8, String> = match args.cmd {
+        Cmd::Run {
+            node_name,
+            kubeconfig,
+            dry_run,
+            interval,
+        } => (|| {
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let client = match kubeconfig {
+                    Some(p) => {
+                        let kc = kube::config::Kubeconfig::read_from(&p)
+                            .map_err(|e| format!("{}: {e}", p.display()))?;
+                        let c = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        kube::Client::try_from(c).map_err(|e| e.to_string())?
+                    }
+                    None => kube::Client::try_default()
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                let cfg = tessera_node_agent::controller::Config {
+                    node_name,
+                    dry_run,
+                    interval: std::time::Duration::from_secs(interval.max(1)),
+                    thresholds: Thresholds::default(),
+                };
+                tessera_node_agent::controller::run(client, &r, cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<u8, String>(0)
+            })
+        })(),
         Cmd::Inventory {
             json,
             smart_thresholds,

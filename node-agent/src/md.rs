@@ -63,10 +63,10 @@ pub fn state(r: &dyn Runner, name: &str) -> Result<Option<MdState>> {
     }
     let mut st = parse_detail_export(&out.stdout)?;
     // MD_DEVNAME is the /dev/md/ name; the kernel name comes from the symlink target.
-    if let Ok(target) = std::fs::canonicalize(&dev) {
-        if let Some(n) = target.file_name() {
-            st.kernel_name = n.to_string_lossy().into_owned();
-        }
+    if let Ok(target) = std::fs::canonicalize(&dev)
+        && let Some(n) = target.file_name()
+    {
+        st.kernel_name = n.to_string_lossy().into_owned();
     }
     Ok(Some(st))
 }
@@ -114,6 +114,10 @@ pub fn plan(r: &dyn Runner, spec: &MdArraySpec, policy: DevicePolicy) -> Result<
         None => {
             // New array: every member must be free of signatures unless the pool allows wiping.
             for d in spec.devices.iter().chain(&spec.spares) {
+                if !r.exists(d) {
+                    plan.refuse("DeviceNotFound", format!("{d} does not exist on this node"));
+                    continue;
+                }
                 let sigs = signatures(r, d)?;
                 if sigs.is_empty() {
                     continue;
@@ -198,6 +202,10 @@ pub fn plan(r: &dyn Runner, spec: &MdArraySpec, policy: DevicePolicy) -> Result<
             let mut grow = 0;
             for d in spec.devices.iter().chain(&spec.spares) {
                 if present.contains(&canon(d)) {
+                    continue;
+                }
+                if !r.exists(d) {
+                    plan.refuse("DeviceNotFound", format!("{d} does not exist on this node"));
                     continue;
                 }
                 let sigs = signatures(r, d)?;
@@ -309,6 +317,22 @@ mod tests {
         let p = plan(&r, &spec(&devs), DevicePolicy::Wipe).unwrap();
         assert_eq!(p.steps[0].command, ["wipefs", "--all", "/dev/vdb"]);
         assert_eq!(p.steps[0].device.as_deref(), Some("/dev/vdb"));
+    }
+
+    #[test]
+    fn a_missing_device_is_refused() {
+        let r = ScriptedRunner::default();
+        r.fail("mdadm --detail", "no such array");
+        r.ok("wipefs", "");
+        r.missing("/dev/vdc");
+        let p = plan(
+            &r,
+            &spec(&["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd"]),
+            DevicePolicy::Wipe,
+        )
+        .unwrap();
+        assert!(p.steps.is_empty());
+        assert_eq!(p.refusals[0].reason, "DeviceNotFound");
     }
 
     #[test]

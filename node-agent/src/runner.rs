@@ -23,6 +23,11 @@ pub trait Runner: Send + Sync {
     /// Read a file (sysfs, procfs), `None` when it does not exist.
     fn read(&self, path: &str) -> Result<Option<String>>;
 
+    /// Whether a path exists (a device node, a sysfs file).
+    fn exists(&self, path: &str) -> bool {
+        std::path::Path::new(path).exists()
+    }
+
     /// Run and require success.
     fn check(&self, program: &str, args: &[&str]) -> Result<String> {
         let out = self.run(program, args)?;
@@ -78,6 +83,7 @@ impl Runner for SystemRunner {
 pub struct ScriptedRunner {
     answers: Mutex<Vec<(String, VecDeque<Output>)>>,
     files: Mutex<Vec<(String, String)>>,
+    missing: Mutex<Vec<String>>,
     pub calls: Mutex<Vec<String>>,
 }
 
@@ -126,6 +132,14 @@ impl ScriptedRunner {
         self
     }
 
+    /// Make `path` not exist (every other path exists).
+    pub fn missing(&self, path: &str) -> &Self {
+        if let Ok(mut m) = self.missing.lock() {
+            m.push(path.into());
+        }
+        self
+    }
+
     /// Every command run so far.
     pub fn history(&self) -> Vec<String> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
@@ -157,6 +171,13 @@ impl Runner for ScriptedRunner {
                 stderr: format!("unscripted: {line}"),
             }),
         }
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.missing
+            .lock()
+            .map(|m| !m.iter().any(|p| p == path))
+            .unwrap_or(true)
     }
 
     fn read(&self, path: &str) -> Result<Option<String>> {

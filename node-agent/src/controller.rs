@@ -1,0 +1,255 @@
+//! Controller mode: keep this node's TesseraNode inventory current, apply the StoragePools that
+//! the operator resolved to this node, and report the agent's share of their status and of the
+//! GpuRaidPolicies that select this node, all through server-side apply.
+//!
+//! Field managers: `tessera-node-agent` for TesseraNode and StoragePool status (one node per pool);
+//! `tessera-node-agent-<node>` for GpuRaidPolicy `status.nodes[nodeName=<node>]`, because several
+//! nodes' agents write entries of the same list and each must own only its own.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tessera_crds::storage_pool::DeletionPolicy;
+use tessera_crds::{GpuRaidPolicy, StoragePool, TesseraNode};
+use tracing::{info, warn};
+
+use crate::apply::{AgentReport, apply};
+use crate::error::{Error, Result};
+use crate::runner::Runner;
+use crate::smart::{Health, Thresholds};
+
+const MANAGER: &str = "tessera-node-agent";
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub dry_run: bool,
+    pub interval: Duration,
+    pub thresholds: Thresholds,
+}
+
+fn kube_err(e: kube::Error) -> Error {
+    Error::Parse {
+        what: "kubernetes API".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Write the inventory into this node's TesseraNode (creating it if needed).
+pub async fn publish_inventory(client: &Client, r: &dyn Runner, cfg: &Config) -> Result<()> {
+    let api: Api<TesseraNode> = Api::all(client.clone());
+    let pp = PatchParams::apply(MANAGER).force();
+    let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "TesseraNode",
+        "metadata": {"name": cfg.node_name}, "spec": {"nodeName": cfg.node_name}});
+    api.patch(&cfg.node_name, &pp, &Patch::Apply(&obj))
+        .await
+        .map_err(kube_err)?;
+    let inv = crate::inventory::collect(r, &cfg.thresholds)?;
+    let worst = inv
+        .block_devices
+        .iter()
+        .filter_map(|d| d.smart.as_ref()?.health.clone())
+        .map(|h| match h.as_str() {
+            "Critical" => Health::Critical,
+            "Warning" => Health::Warning,
+            _ => Health::Passed,
+        })
+        .max()
+        .unwrap_or(Health::Passed);
+    let cond = |t: &str, on: bool, reason: &str, msg: String| {
+        json!({"type": t, "status": if on {"True"} else {"False"}, "reason": reason, "message": msg,
+               "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()})
+    };
+    let status = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "TesseraNode", "status": {
+        "summary": {"disks": inv.block_devices.len(), "gpus": inv.gpus.len()},
+        "inventory": inv,
+        "conditions": [
+            cond("Ready", true, "AgentReporting", format!("agent {} reporting", env!("CARGO_PKG_VERSION"))),
+            cond("SmartWarning", worst >= Health::Warning, "Smart", "worst SMART verdict of the node's drives".into()),
+            cond("SmartCritical", worst >= Health::Critical, "Smart", "worst SMART verdict of the node's drives".into()),
+        ],
+    }});
+    api.patch_status(&cfg.node_name, &pp, &Patch::Apply(&status))
+        .await
+        .map_err(kube_err)?;
+    Ok(())
+}
+
+/// The StoragePools the operator resolved to this node.
+async fn my_pools(client: &Client, node: &str) -> Result<Vec<StoragePool>> {
+    let api: Api<StoragePool> = Api::all(client.clone());
+    let all = api.list(&ListParams::default()).await.map_err(kube_err)?;
+    Ok(all
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .collect())
+}
+
+fn report_json(report: &AgentReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(report).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| ["health", "members", "operation", "conditions"].contains(&k.as_str()));
+    }
+    v
+}
+
+/// Apply one pool and write the agent's status fields.
+pub async fn reconcile_pool(
+    client: &Client,
+    r: &dyn Runner,
+    cfg: &Config,
+    pool: &StoragePool,
+) -> Result<()> {
+    let api: Api<StoragePool> = Api::all(client.clone());
+    let name = pool.name_any();
+    let generation = pool.metadata.generation;
+    let report = if pool.metadata.deletion_timestamp.is_some() {
+        if pool.spec.deletion_policy != DeletionPolicy::Destroy {
+            return Ok(()); // Retain: the operator removes the finalizer; nothing to do here.
+        }
+        // Destroying pools is not built yet in the agent: report it, never pretend.
+        let mut rep = AgentReport::default();
+        rep.conditions.push(condition(
+            "Destroyed",
+            false,
+            "NotImplemented",
+            "the node agent cannot destroy pools yet; remove the pool by hand, then the finalizer",
+            generation,
+        ));
+        rep
+    } else {
+        match apply(r, pool, cfg.dry_run) {
+            Ok(rep) => rep,
+            Err(e) => {
+                let reason = match &e {
+                    Error::Unsupported(_) => "BackendNotBuilt",
+                    Error::Spawn { .. } => "ToolMissing",
+                    _ => "ApplyFailed",
+                };
+                warn!(pool = %name, error = %e, "apply failed");
+                let mut rep = AgentReport::default();
+                rep.conditions.push(condition(
+                    "Applied",
+                    false,
+                    reason,
+                    &e.to_string(),
+                    generation,
+                ));
+                rep
+            }
+        }
+    };
+    let patch = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": report_json(&report)});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err)?;
+    info!(pool = %name, dry_run = cfg.dry_run, steps = report.plan.steps.len(), refusals = report.plan.refusals.len(), "reported");
+    Ok(())
+}
+
+fn condition(
+    t: &str,
+    ok: bool,
+    reason: &str,
+    msg: &str,
+    generation: Option<i64>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: t.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: msg.into(),
+        observed_generation: generation,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    }
+}
+
+/// Mark this node's entry of every GpuRaidPolicy that selects it as applied.
+pub async fn report_policies(client: &Client, cfg: &Config) -> Result<()> {
+    let api: Api<GpuRaidPolicy> = Api::all(client.clone());
+    let manager = format!("{MANAGER}-{}", cfg.node_name);
+    for p in api.list(&ListParams::default()).await.map_err(kube_err)? {
+        let selected = p
+            .status
+            .as_ref()
+            .is_some_and(|s| s.nodes.iter().any(|n| n.node_name == cfg.node_name));
+        let mine_applied = p.status.as_ref().is_some_and(|s| {
+            s.nodes
+                .iter()
+                .any(|n| n.node_name == cfg.node_name && n.applied == Some(true))
+        });
+        if selected && !mine_applied {
+            let patch = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy",
+                "status": {"nodes": [{"nodeName": cfg.node_name, "applied": true}]}});
+            api.patch_status(
+                &p.name_any(),
+                &PatchParams::apply(&manager).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_err)?;
+            info!(policy = %p.name_any(), "policy active on this node");
+        }
+    }
+    Ok(())
+}
+
+/// One pass over everything this node owns.
+pub async fn pass(client: &Client, r: &dyn Runner, cfg: &Config) -> Result<()> {
+    publish_inventory(client, r, cfg).await?;
+    for pool in my_pools(client, &cfg.node_name).await? {
+        if let Err(e) = reconcile_pool(client, r, cfg, &pool).await {
+            warn!(pool = %pool.name_any(), error = %e, "pool reconcile failed");
+        }
+    }
+    report_policies(client, cfg).await
+}
+
+/// Run until SIGINT/SIGTERM: a pass every `interval`, and one soon after any StoragePool or
+/// GpuRaidPolicy changes.
+pub async fn run(client: Client, r: &dyn Runner, cfg: Config) -> Result<()> {
+    let pools = watcher(
+        Api::<StoragePool>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects()
+    .map(|_| ());
+    let policies = watcher(
+        Api::<GpuRaidPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects()
+    .map(|_| ());
+    let mut changes = futures::stream::select(pools, policies).boxed();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Read {
+            path: "signal handler".into(),
+            source: e,
+        })?;
+    loop {
+        if let Err(e) = pass(&client, r, &cfg).await {
+            warn!(error = %e, "pass failed");
+        }
+        let sleep = tokio::time::sleep(cfg.interval);
+        tokio::select! {
+            _ = sleep => {}
+            Some(()) = changes.next() => {
+                // Coalesce a burst of events into one pass.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        }
+    }
+}
