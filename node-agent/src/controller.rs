@@ -128,7 +128,7 @@ pub async fn reconcile_pool(
             Err(e) => {
                 let reason = match &e {
                     Error::Unsupported(_) => "BackendNotBuilt",
-                    Error::Spawn { .. } => "ToolMissing",
+                    Error::ToolMissing(_) => "ToolMissing",
                     _ => "ApplyFailed",
                 };
                 warn!(pool = %name, error = %e, "apply failed");

@@ -9,6 +9,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{0}` is not installed on this node")]
+    ToolMissing(String),
     #[error("`{cmd}` failed with {status}: {stderr}")]
     Command {
         cmd: String,
