@@ -28,7 +28,8 @@ const MANAGER: &str = "tessera-operator";
 pub async fn run(ctx: Arc<Context>) {
     let api: Api<GpuRaidPolicy> = Api::all(ctx.client.clone());
     let nodes: Api<TesseraNode> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let (reader, writer) = kube::runtime::reflector::store();
+    Controller::for_stream(crate::lean_stream(api, writer), reader)
         // Inventory changes can change which GPUs a policy selects: look at every policy again.
         .reconcile_all_on(
             watcher(nodes, watcher::Config::default())

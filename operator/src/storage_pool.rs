@@ -41,7 +41,8 @@ pub async fn run(ctx: Arc<Context>) {
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default())
         .filter_map(|e| futures::future::ready(e.ok().map(|_| ())));
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let (reader, writer) = kube::runtime::reflector::store();
+    Controller::for_stream(crate::lean_stream(api, writer), reader)
         .reconcile_all_on(node_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

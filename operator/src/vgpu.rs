@@ -47,7 +47,8 @@ pub async fn run(ctx: Arc<Context>, nodes: Store<TesseraNode>) {
         nodes,
         ledger_lock: Default::default(),
     });
-    Controller::new(claims, watcher::Config::default().any_semantic())
+    let (reader, writer) = kube::runtime::reflector::store();
+    Controller::for_stream(crate::lean_stream(claims, writer), reader)
         .watches(pods, watcher::Config::default(), |pod| {
             let ns = pod.namespace()?;
             let claim = pod.annotations().get(CLAIM_ANNOTATION)?.clone();
