@@ -222,6 +222,8 @@ pub struct Decoder {
     n: usize,
     lost: Vec<usize>,
     survivors: Vec<usize>,
+    /// lost x k recovery matrix over `survivors` (kept for the GPU engine, which bakes it into a kernel).
+    rows: Vec<u8>,
     tables: CoefTables,
     backend: Backend,
 }
@@ -284,12 +286,23 @@ impl Decoder {
             lost: lost.to_vec(),
             survivors,
             tables: CoefTables::new(&rows, lost.len(), k),
+            rows,
             backend,
         })
     }
 
     pub fn lost(&self) -> &[usize] {
         &self.lost
+    }
+
+    /// The k shards the lost ones are computed from, in the column order of [`Decoder::matrix`].
+    pub fn survivors(&self) -> &[usize] {
+        &self.survivors
+    }
+
+    /// The lost x k recovery matrix, row-major: lost shard `lost()[r]` = sum_j m[r*k+j] * survivor j.
+    pub fn matrix(&self) -> &[u8] {
+        &self.rows
     }
 
     fn run(&self, shards: &mut [&mut [u8]], parallel: bool) -> Result<(), ParityError> {
@@ -342,6 +355,33 @@ impl Decoder {
     /// As [`Decoder::apply`], split across the current rayon pool.
     pub fn apply_par(&self, shards: &mut [&mut [u8]]) -> Result<(), ParityError> {
         self.run(shards, true)
+    }
+
+    /// The lost shards (`out`, in [`Decoder::lost`] order) from the survivors (`srcs`, in
+    /// [`Decoder::survivors`] order) held in separate buffers; split across the rayon pool.
+    pub fn apply_split_par(
+        &self,
+        srcs: &[&[u8]],
+        out: &mut [&mut [u8]],
+    ) -> Result<(), ParityError> {
+        if srcs.len() != self.k || out.len() != self.lost.len() {
+            return Err(ParityError::Geometry(format!(
+                "{} survivors and {} outputs given, decoder needs {} and {}",
+                srcs.len(),
+                out.len(),
+                self.k,
+                self.lost.len()
+            )));
+        }
+        let len = srcs[0].len();
+        check_len(srcs, len)?;
+        let d = Dsts::new(out, len)?;
+        let (b, t) = (self.backend, &self.tables);
+        run_ranges(len, true, |off, n| {
+            // SAFETY: lengths checked; disjoint ranges; outputs are distinct &mut buffers.
+            unsafe { kernels::encode(b, t, srcs, off, n, d.get()) }
+        });
+        Ok(())
     }
 }
 

@@ -23,6 +23,10 @@ pub enum ParityError {
     Array(String),
     #[error("unknown layout {0}")]
     UnknownLayout(String),
+    #[error("no CUDA device: {0}")]
+    NoGpu(String),
+    #[error("CUDA: {0}")]
+    Gpu(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -34,6 +38,12 @@ pub enum ParityError {
 impl ParityError {
     /// Errors caused by the input (members, arguments) rather than by the machine: exit code 2.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, ParityError::Io { .. } | ParityError::Isal(_))
+        !matches!(
+            self,
+            ParityError::Io { .. }
+                | ParityError::Isal(_)
+                | ParityError::Gpu(_)
+                | ParityError::NoGpu(_)
+        )
     }
 }

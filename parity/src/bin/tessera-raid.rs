@@ -146,6 +146,13 @@ struct BenchArgs {
     /// Single-thread rows only.
     #[arg(long)]
     single: bool,
+    /// GPU rows instead (needs the `cuda` feature and a GPU): kernel on device-resident data vs
+    /// cuMemcpyDtoD, host end-to-end vs pinned H2D, CPU on all cores, and `auto`, per code and size.
+    #[arg(long)]
+    gpu: bool,
+    /// Shard sizes of the GPU rows, e.g. "1M,64M".
+    #[arg(long, default_value = "1M,64M", value_delimiter = ',', value_parser = parse_size)]
+    gpu_sizes: Vec<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -186,6 +193,30 @@ fn overrides(c: &Common) -> Result<Overrides, ParityError> {
     })
 }
 
+#[cfg(feature = "cuda")]
+fn gpu_bench(a: &BenchArgs) -> Result<(), ParityError> {
+    let sizes: Vec<usize> = a.gpu_sizes.iter().map(|&s| s as usize).collect();
+    let quiet = a.json;
+    let report = tessera_parity::gpu::bench::run(&sizes, &|what| {
+        if !quiet {
+            eprintln!("bench: {what}");
+        }
+    })?;
+    if a.json {
+        print_json(&report)
+    } else {
+        print!("{}", tessera_parity::gpu::bench::render(&report));
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_bench(_: &BenchArgs) -> Result<(), ParityError> {
+    Err(ParityError::NoGpu(
+        "tessera-raid was built without the cuda feature (cargo build --features cuda)".into(),
+    ))
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), ParityError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| ParityError::Array(e.to_string()))?;
     println!("{s}");
@@ -222,6 +253,7 @@ fn run(cli: Cli) -> Result<ExitCode, ParityError> {
                 println!("best: {}", Backend::best());
             }
         }
+        Cmd::Bench(a) if a.gpu => gpu_bench(&a)?,
         Cmd::Bench(a) => {
             let mut opts = bench::Options {
                 round: a.round,
