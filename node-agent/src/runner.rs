@@ -53,9 +53,12 @@ impl Runner for SystemRunner {
         let out = Command::new(program)
             .args(args)
             .output()
-            .map_err(|source| Error::Spawn {
-                cmd: cmd.clone(),
-                source,
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => Error::ToolMissing(program.to_string()),
+                _ => Error::Spawn {
+                    cmd: cmd.clone(),
+                    source,
+                },
             })?;
         tracing::debug!(%cmd, status = %out.status, "ran");
         Ok(Output {
