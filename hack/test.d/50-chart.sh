@@ -205,16 +205,10 @@ check "kubectl auth can-i matrix (operator, node-agent, gpu-proxy, shim)" test $
 
 # ---------------------------------------------------------------- operator with its own token
 lap "operator with the chart's ServiceAccount token"
-server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
-kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$WORK/ca.crt"
-# sa_kubeconfig SA FILE: a kubeconfig that authenticates with SA's token only.
-sa_kubeconfig() {
-  local token; token=$(kubectl -n $NS create token "$1" --duration=1h)
-  kubectl config --kubeconfig "$2" set-cluster cp --server "$server" --certificate-authority "$WORK/ca.crt" --embed-certs >/dev/null
-  kubectl config --kubeconfig "$2" set-credentials sa --token "$token" >/dev/null
-  kubectl config --kubeconfig "$2" set-context sa --cluster cp --user sa --namespace $NS >/dev/null
-  kubectl config --kubeconfig "$2" use-context sa >/dev/null
-}
+# sa_kubeconfig SA FILE (shared with make dev / make e2e): a kubeconfig with SA's token only.
+# shellcheck source=../stack.sh
+export STACK_DIR=$WORK
+. hack/stack.sh
 SA_KC=$WORK/operator.kubeconfig
 AGENT_KC=$WORK/node-agent.kubeconfig
 sa_kubeconfig tessera-operator "$SA_KC"
