@@ -246,20 +246,26 @@ async fn kubectl_explain_documents_defaults_and_mutability() {
     let c = ready_cluster().await;
     // kubectl wraps descriptions; compare with whitespace collapsed.
     let flat = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let (ok, out, err) = c
-        .kubectl(&["explain", "storagepools.spec.deletionPolicy"])
-        .unwrap();
-    assert!(ok, "{err}");
-    let out = flat(out);
+    // The apiserver publishes a new CRD's OpenAPI some moments after it is Established, and
+    // `kubectl explain` reads that document: retry for up to 30 s.
+    let explain = |path: &str| {
+        let mut last = String::new();
+        for _ in 0..60 {
+            let (ok, out, err) = c.kubectl(&["explain", path]).unwrap();
+            if ok {
+                return flat(out);
+            }
+            last = err;
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!("kubectl explain {path} kept failing: {last}");
+    };
+    let out = explain("storagepools.spec.deletionPolicy");
     assert!(
         out.contains("`Retain` (default) leaves pool and data in place"),
         "{out}"
     );
-    let (ok, out, err) = c
-        .kubectl(&["explain", "vgpuclaims.spec.computeShare"])
-        .unwrap();
-    assert!(ok, "{err}");
-    let out = flat(out);
+    let out = explain("vgpuclaims.spec.computeShare");
     assert!(
         out.contains("Default: 100") && out.contains("Immutable"),
         "{out}"
