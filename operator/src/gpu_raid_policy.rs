@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -20,11 +20,9 @@ use tessera_crds::common::condition;
 use tessera_crds::{GpuRaidPolicy, TesseraNode};
 use tracing::warn;
 
-use crate::{Context, Error, Result, conditions, validate};
+use crate::{Context, Error, Result, conditions, validate, write_status};
 
 const CONTROLLER: &str = "gpuraidpolicy";
-const MANAGER: &str = "tessera-operator";
-
 pub async fn run(ctx: Arc<Context>) {
     let api: Api<GpuRaidPolicy> = Api::all(ctx.client.clone());
     let nodes: Api<TesseraNode> = Api::all(ctx.client.clone());
@@ -163,12 +161,12 @@ async fn reconcile(p: Arc<GpuRaidPolicy>, ctx: Arc<Context>) -> Result<Action> {
         .iter()
         .map(|(n, g)| json!({"nodeName": n, "gpus": g}))
         .collect();
-    let patch = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy", "status": {
+    let status = json!({
         "observedGeneration": generation,
         "nodeCount": selected.len(),
         "nodes": nodes,
         "conditions": conds,
-    }});
+    });
     let api: Api<GpuRaidPolicy> = Api::all(ctx.client.clone());
     let same = old.observed_generation == generation
         && old.node_count == Some(selected.len() as i32)
@@ -183,12 +181,7 @@ async fn reconcile(p: Arc<GpuRaidPolicy>, ctx: Arc<Context>) -> Result<Action> {
             .map(|n| (&n.node_name, &n.gpus))
             .eq(selected.iter().map(|(n, g)| (n, g)));
     if !same {
-        api.patch_status(
-            &p.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        write_status(&api, &p.name_any(), status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }

@@ -81,6 +81,27 @@ where
         .touched_objects()
 }
 
+/// Write `status` of a Tessera object through server-side apply as field manager
+/// `tessera-operator` (forced: the operator owns the fields it sends).
+pub async fn write_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: impl serde::Serialize,
+) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let pp = kube::api::PatchParams::apply("tessera-operator").force();
+    api.patch_status(name, &pp, &kube::api::Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
 /// Publish an Event about an object; failures are logged, never fatal.
 pub async fn publish_event(
     ctx: &Context,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -25,10 +25,9 @@ use tessera_crds::common::condition;
 use tessera_crds::storage_pool::{DeletionPolicy, PoolPhase};
 use tracing::{info, warn};
 
-use crate::{Context, Error, Result, conditions, publish_event, validate};
+use crate::{Context, Error, Result, conditions, publish_event, validate, write_status};
 
 const CONTROLLER: &str = "storagepool";
-const MANAGER: &str = "tessera-operator";
 /// Condition types the operator owns on a StoragePool.
 pub const OPERATOR_CONDITIONS: [&str; 2] = [condition::READY, "Accepted"];
 
@@ -163,18 +162,6 @@ pub fn aggregate(
             }
         }
     }
-}
-
-async fn write_status(api: &Api<StoragePool>, name: &str, body: serde_json::Value) -> Result<()> {
-    let patch =
-        json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": body});
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 async fn apply(sp: &StoragePool, ctx: &Context, api: &Api<StoragePool>) -> Result<Action> {

@@ -12,29 +12,27 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tessera_crds::common::condition;
 use tessera_crds::vgpu_claim::{Allocation, ClaimPhase, ReservedFor};
-use tessera_crds::{TesseraNode, VGpuClaim, VGpuClaimStatus, parse_quantity};
+use tessera_crds::{TesseraNode, VGpuClaim, parse_quantity};
 use tracing::{info, warn};
 
 use crate::allocator::{
     GpuCapacity, LEDGER_ANNOTATION, Ledger, LedgerEntry, Request, best_fit, share_id,
 };
 use crate::conditions;
-use crate::{Context, Error, Result};
+use crate::{Context, Error, Result, write_status};
 
 /// Annotation by which a Pod consumes a VGpuClaim of its namespace.
 pub const CLAIM_ANNOTATION: &str = "tessera.dev/vgpu-claim";
 const CONTROLLER: &str = "vgpuclaim";
-const MANAGER: &str = "tessera-operator";
 /// Retries of a ledger write that lost a resourceVersion race, before requeueing.
 const LEDGER_RETRIES: usize = 32;
 
@@ -315,32 +313,6 @@ async fn consumers(claim: &VGpuClaim, ctx: &VGpuContext) -> Result<Vec<ReservedF
     Ok(out)
 }
 
-async fn write_status(api: &Api<VGpuClaim>, name: &str, status: &VGpuClaimStatus) -> Result<()> {
-    let patch =
-        json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "VGpuClaim", "status": status});
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn event(ctx: &VGpuContext, claim: &VGpuClaim, type_: EventType, reason: &str, note: String) {
-    let recorder = Recorder::new(ctx.ctx.client.clone(), ctx.ctx.reporter.clone());
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, &claim.object_ref(&())).await {
-        warn!(error = %e, "publishing event");
-    }
-}
-
 async fn apply(claim: &VGpuClaim, ctx: &VGpuContext, api: &Api<VGpuClaim>) -> Result<Action> {
     let name = claim.name_any();
     let generation = claim.metadata.generation;
@@ -357,9 +329,9 @@ async fn apply(claim: &VGpuClaim, ctx: &VGpuContext, api: &Api<VGpuClaim>) -> Re
             if let Some((node, sid, e)) = &a {
                 ctx.ctx.metrics.allocations.inc();
                 info!(claim = %name, node, share = sid, gpu = e.gpu_uuid, "allocated");
-                event(
-                    ctx,
-                    claim,
+                crate::publish_event(
+                    &ctx.ctx,
+                    &claim.object_ref(&()),
                     EventType::Normal,
                     "Allocated",
                     format!(
@@ -390,7 +362,14 @@ async fn apply(claim: &VGpuClaim, ctx: &VGpuContext, api: &Api<VGpuClaim>) -> Re
         );
         if st != old {
             if old.phase != Some(ClaimPhase::Pending) {
-                event(ctx, claim, EventType::Warning, "AllocationFailed", msg).await;
+                crate::publish_event(
+                    &ctx.ctx,
+                    &claim.object_ref(&()),
+                    EventType::Warning,
+                    "AllocationFailed",
+                    msg,
+                )
+                .await;
             }
             write_status(api, &name, &st).await?;
         }
@@ -415,9 +394,9 @@ async fn apply(claim: &VGpuClaim, ctx: &VGpuContext, api: &Api<VGpuClaim>) -> Re
         );
         write_status(api, &name, &st).await?;
         info!(claim = %name, node, share = sid, "released");
-        event(
-            ctx,
-            claim,
+        crate::publish_event(
+            &ctx.ctx,
+            &claim.object_ref(&()),
             EventType::Normal,
             "Released",
             format!("share {sid} on node {node} released"),
