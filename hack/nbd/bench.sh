@@ -26,18 +26,8 @@ CONNS=${NBD_BENCH_CONNECTIONS:-4}
 NBDKIT=${NBDKIT:-nbdkit}
 NBDKIT_MEMORY=${NBDKIT_MEMORY:-memory}
 
-# Install the Debian clients where they are missing (fresh bookworm machine); idempotent.
-need_debs() {
-  local missing=()
-  command -v nbdcopy >/dev/null || missing+=(libnbd-bin)
-  command -v "${NBDKIT:-nbdkit}" >/dev/null || missing+=(nbdkit)
-  command -v qemu-img >/dev/null || missing+=(qemu-utils)
-  [[ ${#missing[@]} -eq 0 ]] && return
-  command -v apt-get >/dev/null || { echo "missing ${missing[*]} and no apt-get" >&2; exit 1; }
-  local sudo=; [[ $(id -u) -eq 0 ]] || sudo=sudo
-  echo "installing ${missing[*]}" >&2
-  $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 need_debs
 
 for t in "$PROXY" "$RANDREAD"; do

@@ -15,18 +15,8 @@ t_all=$(now)
 step() { echo "[$(date +%T)] $*"; }
 timed() { local t; t=$(now); "$@"; step "  ($(( $(now) - t )) s)"; }
 
-# Install the Debian clients where they are missing (fresh bookworm machine); idempotent.
-need_debs() {
-  local missing=()
-  command -v nbdcopy >/dev/null || missing+=(libnbd-bin)
-  command -v "${NBDKIT:-nbdkit}" >/dev/null || missing+=(nbdkit)
-  command -v qemu-img >/dev/null || missing+=(qemu-utils)
-  [[ ${#missing[@]} -eq 0 ]] && return
-  command -v apt-get >/dev/null || { echo "missing ${missing[*]} and no apt-get" >&2; exit 1; }
-  local sudo=; [[ $(id -u) -eq 0 ]] || sudo=sudo
-  echo "installing ${missing[*]}" >&2
-  $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 need_debs
 
 step "building release binaries (tessera-gpu-proxy with the VRAM backend, nbd-randread)"
@@ -40,7 +30,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$CACHE"
 strip -o "$OUT/bin/tessera-gpu-proxy" "$TARGET/release/tessera-gpu-proxy"
 strip -o "$OUT/bin/nbd-randread" "$TARGET/release/nbd-randread"
-cp "$ROOT/hack/nbd/bench.sh" "$ROOT/hack/nbd/gpu-remote.sh" "$OUT/"
+cp "$ROOT/hack/nbd/bench.sh" "$ROOT/hack/nbd/lib.sh" "$ROOT/hack/nbd/gpu-remote.sh" "$OUT/"
 
 # The client packages, then every package that owns a library they load here (minus the C runtime).
 step "resolving the Debian packages the clients need"
