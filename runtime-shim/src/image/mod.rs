@@ -1,0 +1,9 @@
+//! Images for Xen pods: references, the local OCI store, and rootfs disk images.
+
+pub mod reference;
+pub mod registry;
+pub mod rootfs;
+pub mod store;
+
+pub use reference::Reference;
+pub use store::{ImageConfig, ImageStore, StoredImage};
