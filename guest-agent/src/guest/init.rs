@@ -50,7 +50,10 @@ impl InitOptions {
 pub fn run(opts: InitOptions) -> Result<()> {
     if opts.pid1 {
         sys::early_mounts()?;
-        let n = sys::load_modules(&opts.modules_list)?;
+        let (n, failed) = sys::load_modules(&opts.modules_list)?;
+        for f in &failed {
+            tracing::warn!("module not loaded: {f}");
+        }
         tracing::info!(
             modules = n,
             uptime = sys::uptime(),

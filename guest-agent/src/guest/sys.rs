@@ -39,21 +39,30 @@ pub fn early_mounts() -> Result<()> {
     Ok(())
 }
 
-/// Loads the modules listed (one path per line, dependencies first) in `list`; already loaded
-/// or built-in ones are fine.
-pub fn load_modules(list: &Path) -> Result<usize> {
+/// Loads the modules listed (one path per line, dependencies first) in `list`. Already loaded
+/// ones are fine; a module that fails (e.g. `crc32c-intel` on a CPU without SSE4.2: ENODEV) is
+/// reported and skipped: what is really missing shows up as a clear mount error later.
+/// Returns (loaded, failed descriptions).
+pub fn load_modules(list: &Path) -> Result<(usize, Vec<String>)> {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
         Err(e) => return Err(AgentError::io(format!("read {}", list.display()), e)),
     };
     let mut n = 0;
+    let mut failed = Vec::new();
     for line in text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
-        let f = std::fs::File::open(line).map_err(|e| AgentError::io(format!("open {line}"), e))?;
+        let f = match std::fs::File::open(line) {
+            Ok(f) => f,
+            Err(e) => {
+                failed.push(format!("{line}: {e}"));
+                continue;
+            }
+        };
         let params = cstr("")?;
         // SAFETY: valid fd and NUL-terminated params.
         let rc =
@@ -61,12 +70,13 @@ pub fn load_modules(list: &Path) -> Result<usize> {
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(AgentError::io(format!("finit_module {line}"), e));
+                failed.push(format!("{line}: {e}"));
+                continue;
             }
         }
         n += 1;
     }
-    Ok(n)
+    Ok((n, failed))
 }
 
 /// Waits for `/dev/<device>` and mounts it (`fstype`) at `target`.
