@@ -59,6 +59,10 @@ build() {
   rm -rf "$XEN_GUEST_DIR"
   mv "$out" "$XEN_GUEST_DIR"
   ls -la "$XEN_GUEST_DIR"
+  # Keep the three newest images (each agent rebuild makes a new one).
+  local old
+  find "$HOME/.cache/tessera" -maxdepth 1 -name "xen-guest-$XEN_KVER-*" -printf '%T@ %p\n' | sort -rn |
+    tail -n +4 | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
 }
 
 if [ -f "$XEN_GUEST_DIR/initramfs.cpio.gz" ]; then

@@ -85,7 +85,8 @@ xen_fetch() {
   local off
   off=$(grep -abo $'\xfd\x37\x7a\x58\x5a\x00' "$XEN_ROOT/boot/vmlinuz-$XEN_KVER" | head -1 | cut -d: -f1)
   tail -c +$((off + 1)) "$XEN_ROOT/boot/vmlinuz-$XEN_KVER" | { xz -dc 2>/dev/null || true; } > "$XEN_CACHE/vmlinux"
-  file "$XEN_CACHE/vmlinux" | grep -q 'ELF 64-bit' || { echo "vmlinux extraction failed" >&2; return 1; }
+  [ "$(head -c 4 "$XEN_CACHE/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ] ||
+    { echo "vmlinux extraction failed" >&2; return 1; }
   gzip -1 -c "$XEN_CACHE/vmlinux" > "$XEN_CACHE/vmlinux.gz"
   zcat "$XEN_ROOT/boot/xen-4.17-amd64.gz" > "$XEN_CACHE/xen"
   touch "$XEN_CACHE/.root-complete"

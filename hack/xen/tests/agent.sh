@@ -6,7 +6,8 @@
 #     "hello\n", exitCode=0; exec `cat /run/tessera/vgpu.json` returns the allocation;
 #     xl destroy -> only Domain-0 left, loop device released.
 #  2. args = a missing binary -> state=exited, exitCode=127.
-#  3. a bogus kernel path -> xl create fails, no domain left.
+#  3. /bin/sleep 600 running: exec sees the container env/cwd; control/signal=TERM -> exitCode 143.
+#  4. a bogus kernel path -> xl create fails, no domain left.
 # Prints "TESSERA-XEN-TEST: PASS" when everything held.
 set -u
 # shellcheck source=/dev/null
@@ -158,7 +159,42 @@ else
   bad "xl create -p tessera-missing failed"
 fi
 
-echo "=== case 3: bogus kernel path"
+echo "=== case 3: TERM to a running container, exec while it runs"
+if make_domain tessera-term "$TESSERA_GUEST_KERNEL" '["/bin/sleep","600"]'; then
+  xl unpause tessera-term
+  if wait_key "$D/data/tessera/agent" ready 180; then
+    xenstore-write "$D/tessera/control/start" 1
+    if wait_key "$D/data/tessera/state" running 60; then
+      # shellcheck disable=SC2016 # expanded by the shell in the guest
+      xenstore-write "$D/tessera/exec/0/request" '{"cmd":["sh","-c","echo $GREETING from $(pwd)"],"timeoutSeconds":30}'
+      i=0
+      while ! xenstore-exists "$D/data/tessera/exec/0/result" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.2; i=$((i + 1)); done
+      got=$(xenstore-read "$D/data/tessera/exec/0/result" 2>/dev/null | sed 's/.*"stdout":"\([^"]*\)".*/\1/' | base64 -d)
+      check "exec in the running container sees its env and workingDir (got '$got')" [ "$got" = "hello from /" ]
+      t=$(up)
+      xenstore-write "$D/tessera/control/signal" TERM
+      if wait_key "$D/data/tessera/state" exited 60; then
+        echo "TIMING signal-to-exited $(since "$t") s (TCG)"
+        code=$(xenstore-read "$D/data/tessera/exitCode")
+        check "TERM: exitCode=143 (got $code)" [ "$code" = 143 ]
+      else
+        bad "TERM did not stop the container"
+      fi
+    else
+      bad "container never running"
+    fi
+  else
+    bad "agent never ready (term)"
+  fi
+  guest_log tessera-term 8
+  xl destroy tessera-term || bad "xl destroy"
+  sleep 1
+  only_dom0_left
+else
+  bad "xl create -p tessera-term failed"
+fi
+
+echo "=== case 4: bogus kernel path"
 if make_domain tessera-bogus /nonexistent/vmlinux.gz '["/bin/true"]' 2> "$W/bogus.err"; then
   bad "xl create with a bogus kernel succeeded"
   xl destroy tessera-bogus
