@@ -68,6 +68,7 @@ on_poweroff = "destroy"
 on_crash = "destroy"
 CFG
   t=$(up)
+  T_CREATE=$t
   NAME=$1
   xl create -p "$W/$1.cfg" || return 1
   DOMID=$(xl domid "$1") || return 1
@@ -101,7 +102,8 @@ if make_domain tessera-hello "$TESSERA_GUEST_KERNEL" '["/bin/echo","hello"]'; th
     echo "TIMING unpause-to-agent-ready $(since "$t0") s (TCG)"
     xenstore-write "$D/tessera/control/start" 1
     if wait_key "$D/data/tessera/state" exited 120; then
-      echo "TIMING unpause-to-exited $(since "$t0") s (TCG)"
+      echo "TIMING unpause-to-exited $(since "$t0") s (TCG: guest kernel boot + agent + echo)"
+      echo "TIMING create-to-exited $(since "$T_CREATE") s (TCG: xl create -p + keys + unpause ... exited)"
       decode_logs > "$W/hello.out"
       printf 'hello\n' > "$W/hello.want"
       if cmp -s "$W/hello.out" "$W/hello.want"; then ok "log chunks decode to 'hello\\n'"; else bad "logs: $(od -c "$W/hello.out" | head -3)"; fi
