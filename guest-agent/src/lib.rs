@@ -11,5 +11,6 @@
 pub mod conn;
 pub mod errors;
 pub mod exports;
+pub mod guest;
 pub mod image;
 pub mod procaddr;
