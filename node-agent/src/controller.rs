@@ -17,8 +17,9 @@ use tessera_crds::storage_pool::DeletionPolicy;
 use tessera_crds::{GpuRaidPolicy, StoragePool, TesseraNode};
 use tracing::{info, warn};
 
-use crate::apply::{AgentReport, apply};
+use crate::apply::{AgentReport, ApplyOptions, apply};
 use crate::error::{Error, Result};
+use crate::exports::ChapCredentials;
 use crate::runner::Runner;
 use crate::smart::{Health, Thresholds};
 
@@ -31,6 +32,8 @@ pub struct Config {
     pub dry_run: bool,
     pub interval: Duration,
     pub thresholds: Thresholds,
+    /// CHAP credentials of iSCSI exports (`namespace/name` of the secret).
+    pub chap: Vec<(String, ChapCredentials)>,
 }
 
 fn kube_err(e: kube::Error) -> Error {
@@ -93,7 +96,9 @@ async fn my_pools(client: &Client, node: &str) -> Result<Vec<StoragePool>> {
 fn report_json(report: &AgentReport) -> serde_json::Value {
     let mut v = serde_json::to_value(report).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
-        o.retain(|k, _| ["health", "members", "operation", "conditions"].contains(&k.as_str()));
+        o.retain(|k, _| {
+            ["health", "capacity", "members", "operation", "conditions"].contains(&k.as_str())
+        });
     }
     v
 }
@@ -123,7 +128,12 @@ pub async fn reconcile_pool(
         ));
         rep
     } else {
-        match apply(r, pool, cfg.dry_run) {
+        let opts = ApplyOptions {
+            dry_run: cfg.dry_run,
+            scrub_now: false,
+            chap: cfg.chap.clone(),
+        };
+        match apply(r, pool, &opts) {
             Ok(rep) => rep,
             Err(e) => {
                 let reason = match &e {

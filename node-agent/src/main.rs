@@ -51,9 +51,17 @@ enum Cmd {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Write the agent's status report (health, members, operation, conditions) here as JSON.
+        /// Write the agent's status report (health, capacity, members, operation, conditions, and
+        /// the plan that ran) here as JSON.
         #[arg(long)]
         status_out: Option<PathBuf>,
+        /// Start a scrub (ZFS) or parity check (MD, LVM RAID) after applying, unless one runs.
+        #[arg(long)]
+        scrub_now: bool,
+        /// CHAP credentials of iSCSI exports: DIR/<namespace>/<secret>/{username,password}, the
+        /// layout of a mounted Secret.
+        #[arg(long)]
+        chap_dir: Option<PathBuf>,
     },
 }
 
@@ -93,6 +101,7 @@ fn main() -> ExitCode {
                     dry_run,
                     interval: std::time::Duration::from_secs(interval.max(1)),
                     thresholds: Thresholds::default(),
+                    chap: Vec::new(),
                 };
                 tessera_node_agent::controller::run(client, &r, cfg)
                     .await
@@ -143,23 +152,45 @@ fn main() -> ExitCode {
             pool,
             dry_run,
             status_out,
+            scrub_now,
+            chap_dir,
         } => (|| {
             let text =
                 std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
             let sp: tessera_crds::StoragePool =
                 serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let chap = match &chap_dir {
+                Some(d) => {
+                    tessera_node_agent::exports::chap_from_dir(d).map_err(|e| e.to_string())?
+                }
+                None => Vec::new(),
+            };
+            let opts = tessera_node_agent::apply::ApplyOptions {
+                dry_run,
+                scrub_now,
+                chap,
+            };
             let report =
-                tessera_node_agent::apply::apply(&r, &sp, dry_run).map_err(|e| e.to_string())?;
-            for s in &report.plan.steps {
+                tessera_node_agent::apply::apply(&r, &sp, &opts).map_err(|e| e.to_string())?;
+            for s in report.plan.steps.iter().chain(&report.extra_steps) {
                 println!(
                     "{}{}: {}",
                     if s.destructive { "[destructive] " } else { "" },
                     s.description,
-                    s.command.join(" ")
+                    s.shown()
                 );
+            }
+            if report.plan.is_noop() {
+                println!("no actions: the node matches the spec");
             }
             for x in &report.plan.refusals {
                 println!("refused ({}): {}", x.reason, x.message);
+            }
+            for x in &report.plan.skipped {
+                println!("skipped ({}): {}", x.reason, x.message);
+            }
+            if let Some(h) = &report.health {
+                println!("health: {h}");
             }
             if let Some(p) = status_out {
                 std::fs::write(

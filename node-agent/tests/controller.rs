@@ -29,6 +29,7 @@ async fn agent_publishes_inventory_and_reports_pools_and_policies() {
         dry_run: true,
         interval: Duration::from_secs(30),
         thresholds: Thresholds::default(),
+        chap: Vec::new(),
     };
 
     // Pools as the operator leaves them: status.nodeName resolved to this node.
