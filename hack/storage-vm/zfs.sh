@@ -47,8 +47,8 @@ fetch() {
   local pkgs="zfs-dkms=$SVM_ZFS_DEB zfsutils-linux=$SVM_ZFS_DEB libzfs4linux=$SVM_ZFS_DEB
     libzpool5linux=$SVM_ZFS_DEB libnvpair3linux=$SVM_ZFS_DEB libuutil3linux=$SVM_ZFS_DEB
     linux-headers-$SVM_KVER linux-headers-$KBASE-common linux-kbuild-6.1 libtirpc3 libtirpc-common"
-  # shellcheck disable=SC2086 # word splitting of the package list is intended
   cd "$Z/debs"
+  # shellcheck disable=SC2086 # word splitting of the package list is intended
   { APT_CONFIG=$APTD/apt.conf apt-get download -q $pkgs 2>&1 | grep -v 'unsandboxed'; } || true
   cd - >/dev/null
   local f

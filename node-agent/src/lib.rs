@@ -9,8 +9,10 @@ pub mod exports;
 pub mod inventory;
 pub mod lvm;
 pub mod md;
+pub mod metrics;
 pub mod plan;
 pub mod runner;
+pub mod schedule;
 pub mod smart;
 pub mod zfs;
 

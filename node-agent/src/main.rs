@@ -33,6 +33,13 @@ enum Cmd {
         /// Seconds between passes (a change of a pool or policy triggers one sooner).
         #[arg(long, default_value_t = 30)]
         interval: u64,
+        /// Address of the Prometheus `/metrics` and `/healthz` endpoint.
+        #[arg(long, default_value = "0.0.0.0:9102")]
+        listen: std::net::SocketAddr,
+        /// CHAP credentials of iSCSI exports: DIR/<namespace>/<secret>/{username,password} (a
+        /// mounted Secret).
+        #[arg(long)]
+        chap_dir: Option<PathBuf>,
     },
     /// Print this node's inventory (block devices, signatures, SMART, GPUs, Xen).
     Inventory {
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let r = SystemRunner;
@@ -80,7 +88,15 @@ fn main() -> ExitCode {
             kubeconfig,
             dry_run,
             interval,
+            listen,
+            chap_dir,
         } => (|| {
+            let chap = match &chap_dir {
+                Some(d) => {
+                    tessera_node_agent::exports::chap_from_dir(d).map_err(|e| e.to_string())?
+                }
+                None => Vec::new(),
+            };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async {
                 let client = match kubeconfig {
@@ -101,7 +117,8 @@ fn main() -> ExitCode {
                     dry_run,
                     interval: std::time::Duration::from_secs(interval.max(1)),
                     thresholds: Thresholds::default(),
-                    chap: Vec::new(),
+                    chap,
+                    listen: Some(listen),
                 };
                 tessera_node_agent::controller::run(client, &r, cfg)
                     .await

@@ -105,16 +105,45 @@ pub fn operation_kind(action: &str) -> Option<OperationKind> {
     }
 }
 
+/// State of member `device` from `/sys/block/mdX/md/dev-NAME/state` (`faulty`, `in_sync`,
+/// `spare`, `write_mostly`, ... comma-separated). `mdadm --detail --export` reports a failed member's
+/// role as `spare`, so the kernel's word is the one that counts: `faulty` when it says so, `active`
+/// for `in_sync`, else the kernel's first word (or the role when sysfs has nothing).
+pub fn member_state(r: &dyn Runner, kernel_name: &str, device: &str, role: &str) -> Result<String> {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    let path = format!("/sys/block/{kernel_name}/md/dev-{name}/state");
+    let Some(text) = r.read(&path)? else {
+        return Ok(if role == "faulty" { "faulty" } else { "active" }.into());
+    };
+    let words: Vec<&str> = text.trim().split(',').collect();
+    Ok(if words.contains(&"faulty") {
+        "faulty".into()
+    } else if words.contains(&"in_sync") {
+        "active".into()
+    } else {
+        words.first().copied().unwrap_or("unknown").to_string()
+    })
+}
+
 /// Observe the array after apply: health, members, resync / check progress.
 pub fn observe(r: &dyn Runner, spec: &MdArraySpec) -> Result<Option<Observed>> {
     let Some(st) = state(r, &spec.name)? else {
         return Ok(None);
     };
     let (degraded, action, progress) = sysfs_status(r, &st.kernel_name)?;
-    let faulty = st
-        .members
-        .values()
-        .filter(|r| r.as_str() == "faulty")
+    let mut members = Vec::new();
+    for (d, role) in &st.members {
+        let state = member_state(r, &st.kernel_name, d, role)?;
+        members.push(MemberStatus {
+            device: d.clone(),
+            role: Some(role.clone()),
+            state: Some(state),
+            smart: None,
+        });
+    }
+    let faulty = members
+        .iter()
+        .filter(|m| m.state.as_deref() == Some("faulty"))
         .count() as u32;
     let missing = degraded.max(faulty);
     let size = r
@@ -131,16 +160,7 @@ pub fn observe(r: &dyn Runner, spec: &MdArraySpec) -> Result<Option<Observed>> {
         }
         .into(),
         degraded_message: format!("{missing} member(s) missing or faulty"),
-        members: st
-            .members
-            .iter()
-            .map(|(d, role)| MemberStatus {
-                device: d.clone(),
-                role: Some(role.clone()),
-                state: Some(if role == "faulty" { "faulty" } else { "active" }.into()),
-                smart: None,
-            })
-            .collect(),
+        members,
         capacity: size.map(|b| Capacity {
             size: Some(Quantity(b.to_string())),
             allocated: None,
@@ -397,6 +417,34 @@ mod tests {
                 "mdadm --grow /dev/md/data --raid-devices=7"
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_member_is_faulty_though_mdadm_calls_it_spare() {
+        let degraded = include_str!("../tests/fixtures/mdadm-detail-export-degraded.txt");
+        let st = parse_detail_export(degraded).unwrap();
+        assert_eq!(
+            st.members["/dev/vdb"], "spare",
+            "what mdadm 4.2 reports after --fail"
+        );
+        let r = ScriptedRunner::default();
+        r.ok("mdadm --detail --export /dev/md/data", degraded);
+        r.file("/sys/block/data/md/degraded", "1\n")
+            .file("/sys/block/data/md/sync_action", "idle\n")
+            .file("/sys/block/data/md/dev-vdb/state", "faulty\n")
+            .file("/sys/block/data/md/dev-vda/state", "in_sync\n");
+        let o = observe(&r, &spec(&["/dev/vda"])).unwrap().unwrap();
+        assert!(o.degraded);
+        assert_eq!(o.health, "degraded");
+        let state = |d: &str| {
+            o.members
+                .iter()
+                .find(|m| m.device == d)
+                .and_then(|m| m.state.clone())
+        };
+        assert_eq!(state("/dev/vdb").as_deref(), Some("faulty"));
+        assert_eq!(state("/dev/vda").as_deref(), Some("active"));
+        assert!(o.operation.is_none());
     }
 
     #[test]

@@ -333,3 +333,17 @@ fn zfs_get_values_compare_as_sizes() {
     assert_eq!(parse_size(&z["volsize"]), Some(32 << 20));
     assert_eq!(parse_size(&z["volblocksize"]), Some(16384));
 }
+
+#[test]
+fn a_finished_scrub_in_the_captured_status_is_no_operation() {
+    let st = parse_status(include_str!(
+        "../../tests/fixtures/zpool-status-scrubbed.txt"
+    ))
+    .unwrap();
+    let scan = st.scan.clone().unwrap();
+    assert_eq!(scan.kind, OperationKind::Scrub);
+    assert!(!scan.in_progress);
+    let o = observe_state(&spec(), &parse_list(LIST).unwrap(), &st);
+    assert!(o.operation.is_none());
+    assert!(!o.degraded);
+}
