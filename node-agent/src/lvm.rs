@@ -712,7 +712,7 @@ mod tests {
         assert_eq!(o.members.len(), 6);
         assert!(o.size_bytes.unwrap() > 0);
         assert!(o.allocated_bytes.unwrap() > 0);
-        // A VG with a missing PV and partial RAID LVs: degraded.
+        // Captured after one raid6 leg was replaced by the dm error target: "refresh needed".
         let st = LvmState {
             vg: parse_vgs(VGS_DEGRADED).unwrap().into_iter().next(),
             pvs: st.pvs,
@@ -726,6 +726,23 @@ mod tests {
             "{}",
             o.degraded_message
         );
+    }
+
+    #[test]
+    fn a_missing_pv_or_a_partial_lv_is_degraded() {
+        let mut st = existing();
+        let o = observe_state(&spec(&SIX, LVS_SPEC), &st).unwrap();
+        assert!(!o.degraded);
+        if let Some(vg) = st.vg.as_mut() {
+            vg.vg_missing_pv_count = "1".into();
+        }
+        st.pvs[5].pv_attr = "a-m".into();
+        st.lvs[0].lv_health_status = "partial".into();
+        let o = observe_state(&spec(&SIX, LVS_SPEC), &st).unwrap();
+        assert!(o.degraded);
+        assert!(o.degraded_message.contains("1 physical volume(s) missing"));
+        assert!(o.degraded_message.contains("LV tvg/r5: partial"));
+        assert_eq!(o.members[5].state.as_deref(), Some("missing"));
     }
 
     #[test]
