@@ -28,7 +28,7 @@ svm_step "build tessera-node-agent (release)" nice -n 10 cargo build -q --releas
 svm_step "storage VM setup (cached)" "$ROOT/hack/storage-vm/setup.sh"
 svm_step "OpenZFS $ZFS_VER module for $SVM_KVER (cached)" "$ROOT/hack/storage-vm/zfs.sh"
 
-LANE_DEBS="util-linux libblkid1 libsmartcols1 libmount1 libudev1 libselinux1 libpcre2-8-0"
+LANE_DEBS="util-linux libblkid1 libsmartcols1 libmount1 libudev1 libselinux1 libpcre2-8-0 nfs-kernel-server"
 lane_debs() {
   mkdir -p "$L/debs" "$L/root"
   cd "$L/debs"
@@ -41,19 +41,20 @@ lane_debs() {
   echo "$LANE_DEBS" >"$L/.complete"
 }
 if [ "$(cat "$L/.complete" 2>/dev/null)" = "$LANE_DEBS" ]; then
-  echo "util-linux (wipefs, lsblk) cached in $L"
+  echo "util-linux (wipefs, lsblk), exportfs cached in $L"
 else
-  svm_step "util-linux (wipefs, lsblk) for the guest" lane_debs
+  svm_step "util-linux (wipefs, lsblk), exportfs for the guest" lane_debs
 fi
 
 # The lane's initramfs: the base one plus the agent, zpool/zfs, wipefs and the zfs modules. Rebuilt
 # when any of them changes.
 INITRD=$L/initramfs-storage.cpio.gz
-KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk"; cat "$SVM_CACHE/.initrd-key" \
-  "$ROOT/hack/storage-vm/mkinitramfs.sh" "$ROOT/hack/storage-vm/init") | sha256sum | cut -c1-16)
+KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk" "$L/root/usr/sbin/exportfs"; cat "$SVM_CACHE/.initrd-key" \
+  "$ROOT/hack/storage-vm/mkinitramfs.sh" "$ROOT/hack/storage-vm/init"; sed -n '/^mk_initrd()/,/^}/p' "$0") |
+  sha256sum | cut -c1-16)
 mk_initrd() {
-  SVM_INITRD_OUT=$INITRD SVM_EXTRA_KO_DIR=$Z/ko \
-    SVM_EXTRA_BINS="$AGENT $Z/root/sbin/zpool $Z/root/sbin/zfs $L/root/sbin/wipefs $L/root/bin/lsblk" \
+  SVM_INITRD_OUT=$INITRD SVM_EXTRA_KO_DIR=$Z/ko SVM_EXTRA_MODS=nfsd \
+    SVM_EXTRA_BINS="$AGENT $Z/root/sbin/zpool $Z/root/sbin/zfs $L/root/sbin/wipefs $L/root/bin/lsblk $L/root/usr/sbin/exportfs" \
     SVM_EXTRA_LIBPATH="$Z/root/lib/x86_64-linux-gnu:$Z/root/usr/lib/x86_64-linux-gnu:$L/root/lib/x86_64-linux-gnu:$L/root/usr/lib/x86_64-linux-gnu" \
     "$ROOT/hack/storage-vm/mkinitramfs.sh" >/dev/null
   echo "$KEY" >"$INITRD.key"
@@ -102,6 +103,10 @@ svm_step "disk images (partitions, ext4 on disk 17 = vdr)" prep_disks
 SUM_BEFORE=$(sha256sum <"$D/disk17.img" | cut -d' ' -f1)
 
 boot() {
+  # Reads of the ZFS data disks are throttled (4 MiB/s) so that a scrub of the small pool lasts
+  # long enough (seconds) to be seen in progress; writes are not.
+  local i
+  for i in 12 13 14 15; do export "SVM_DRIVE_OPTS_$i=throttling.bps-read=4194304"; done
   SVM_INITRD=$INITRD SVM_KEEP_DISKS=1 SVM_MEM=${SVM_MEM:-2048} \
     "$ROOT/hack/storage-vm/run.sh" "$ROOT/hack/storage/guest-storage.sh" "$D" "$SIZES" \
     "$ROOT"/hack/storage/pools/*.yaml >"$WORK/vm.log" 2>&1 || true
@@ -156,7 +161,8 @@ t=open('$WORK/out/fx-zpool-status.out').read()
 assert all(s in t for s in ('mirror-0','mirror-1','special','logs','cache','/dev/vdq3')), t"
 check "zfs: dataset properties (recordsize 1M, atime off, special_small_blocks 32K)" grep -qxP 'recordsize\t1048576' "$WORK/out/fx-zfs-get-inference.out"
 check "zfs: zvol 32 MiB, volblocksize 16K" grep -qxP 'volsize\t33554432' "$WORK/out/fx-zfs-get-zvol.out"
-check "zfs: exports skipped without exportfs/targetcli (Exported=False ToolMissing)" py zfs-2 'cond("Exported")["reason"] == "ToolMissing"'
+check "zfs: NFS export made by the agent (exportfs -s lists /llm/inference for 10.20.0.0/24)" grep -q '^/llm/inference.*10.20.0.0/24(.*rw.*root_squash' "$WORK/out/fx-exportfs-s.out"
+check "zfs: iSCSI export skipped without targetcli (Exported=False ToolMissing)" py zfs-2 'cond("Exported")["reason"] == "ToolMissing" and "targetcli" in cond("Exported")["message"]'
 for b in md lvm zfs; do
   check "$b on the ext4 disk: refused (exit 3)" rc_is "refuse-$b" 3
   check "$b on the ext4 disk: DeviceHasSignature, nothing planned" py "refuse-$b" 'cond("Applied")["reason"] == "DeviceHasSignature" and d["plan"]["steps"] == []'

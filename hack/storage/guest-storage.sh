@@ -12,7 +12,12 @@ O=/out
 mkdir -p "$O"
 export RUST_LOG=info
 up() { cut -d' ' -f1 /proc/uptime; }
-for m in raid456 dm_mod dm_raid zfs; do /sbin/modprobe "$m" || echo "VMTEST: modprobe $m failed"; done
+for m in raid456 dm_mod dm_raid zfs nfsd; do /sbin/modprobe "$m" || echo "VMTEST: modprobe $m failed"; done
+# kernel NFS server state for exportfs (no rpc.mountd / nfsd threads: the export table is what is checked)
+mkdir -p /var/lib/nfs /proc/fs/nfsd /etc/exports.d
+: >/etc/exports
+: >/var/lib/nfs/etab # what nfs-server.service's `exportfs -r` leaves on a host
+mount -t nfsd nfsd /proc/fs/nfsd || echo "VMTEST: mount nfsd failed"
 
 # run NAME cmd...: stdout, stderr and exit code into /out/NAME.{out,err,rc}, one timing line.
 run() {
@@ -57,10 +62,12 @@ run fx-zpool-status zpool status -P -p llm
 run fx-zpool-list zpool list -Hp -o name,size,allocated,free,capacity,health llm
 run fx-zpool-get zpool get -Hp -o property,value ashift,autotrim llm
 run fx-zfs-get-inference zfs get -Hp -o property,value recordsize,atime,special_small_blocks llm/inference
+run fx-exportfs-s exportfs -s
 run fx-zfs-get-zvol zfs get -Hp -o property,value volsize,volblocksize,sync,volmode llm/vm/iscsi0
 
 # Scrub: some data first, so that the scrub is still running when the agent looks.
 dd if=/dev/urandom of=/llm/inference/blob bs=1M count=48 2>/dev/null
+echo 3 >/proc/sys/vm/drop_caches
 dd if=/dev/urandom of=/llm/tmp/small bs=16k count=256 2>/dev/null
 sync
 apply zfs-scrub zfs-llm.yaml --scrub-now
