@@ -332,12 +332,22 @@ mod tests {
     use crate::runner::ScriptedRunner;
 
     const TARGETCLI: &str = include_str!("../tests/fixtures/targetcli-ls.txt");
+    /// Captured in the storage VM after the agent exported the lane pool's `inference`.
     const EXPORTFS: &str = include_str!("../tests/fixtures/exportfs-s.txt");
+    /// Written from exportfs' format: two exports of the LLM sample, the second path on its own
+    /// line (what exportfs prints for long paths).
+    const EXPORTFS_WRAPPED: &str = include_str!("../tests/fixtures/exportfs-s-wrapped.txt");
 
     fn spec() -> ZfsPoolSpec {
         let sp: tessera_crds::StoragePool =
             serde_yaml::from_str(include_str!("../../deploy/samples/storagepool-llm.yaml"))
                 .unwrap();
+        sp.spec.zfs.unwrap()
+    }
+
+    fn lane_spec() -> ZfsPoolSpec {
+        let sp: tessera_crds::StoragePool =
+            serde_yaml::from_str(include_str!("../../hack/storage/pools/zfs-llm.yaml")).unwrap();
         sp.spec.zfs.unwrap()
     }
 
@@ -363,8 +373,12 @@ mod tests {
     }
 
     #[test]
-    fn exportfs_parses_wrapped_lines() {
+    fn exportfs_parses_captured_and_wrapped_lines() {
         let e = parse_exportfs(EXPORTFS);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0, "/llm/inference");
+        assert!(e[0].2.contains("rw") && e[0].2.contains("no_subtree_check"));
+        let e = parse_exportfs(EXPORTFS_WRAPPED);
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].0, "/llm/inference");
         assert_eq!(e[0].1, "10.20.0.0/24");
@@ -418,18 +432,26 @@ mod tests {
     #[test]
     fn present_exports_are_a_noop() {
         let r = ScriptedRunner::default();
-        r.ok("exportfs -s", EXPORTFS);
+        r.ok("exportfs -s", EXPORTFS_WRAPPED);
         r.ok("targetcli ls /", TARGETCLI);
         let mut p = Plan::default();
         let s = spec();
         plan(&r, &s, s.exports.as_ref().unwrap(), &chap(), &mut p).unwrap();
+        assert!(p.steps.is_empty(), "{:?}", p.steps);
+        // The lane's pool against what the kernel lane's exportfs reported.
+        let r = ScriptedRunner::default();
+        r.ok("exportfs -s", EXPORTFS);
+        r.ok("targetcli ls /", TARGETCLI);
+        let mut p = Plan::default();
+        let s = lane_spec();
+        plan(&r, &s, s.exports.as_ref().unwrap(), &[], &mut p).unwrap();
         assert!(p.steps.is_empty(), "{:?}", p.steps);
     }
 
     #[test]
     fn without_chap_credentials_the_target_is_skipped_not_opened() {
         let r = ScriptedRunner::default();
-        r.ok("exportfs -s", EXPORTFS);
+        r.ok("exportfs -s", EXPORTFS_WRAPPED);
         r.ok("targetcli ls /", "o- / ... [...]\n");
         let mut p = Plan::default();
         let s = spec();
