@@ -3,7 +3,8 @@
 # storage VM's kernel, against linux-headers unpacked with dpkg -x (nothing installed on the host),
 # and unpacks the matching userland (zpool, zfs + libs) for the guest's initramfs.
 # Cache: $SVM_ZFS_CACHE = ~/.cache/tessera/zfs-<zfs version>-<kernel version>/ with
-#   ko/*.ko (stripped), root/ (dpkg -x of zfsutils-linux and its libs), .complete (marker).
+#   ko/*.ko (stripped), root/ (dpkg -x of zfsutils-linux and its libs), src/ (zfs-dkms source and
+#   the kernel headers), .complete (marker). About 4 minutes on 2 cores (measured: 216 s).
 # The bookworm contrib component is read through a private APT configuration under the cache, so the
 # host's /etc/apt stays untouched.
 set -euo pipefail
@@ -80,6 +81,9 @@ build() {
   find module -name '*.ko' -exec cp {} "$Z/ko/" \;
   strip --strip-debug "$Z"/ko/*.ko
   ls -la "$Z/ko"
+  # The object tree (~400 MiB) is not needed once the modules are copied out.
+  cd "$Z"
+  rm -rf "$Z/build"
 }
 
 if [ -f "$Z/.complete" ]; then

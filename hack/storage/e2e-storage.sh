@@ -25,8 +25,8 @@ command -v mkfs.ext4 >/dev/null || PATH=$PATH:/sbin:/usr/sbin
 command -v mkfs.ext4 >/dev/null || { echo "e2e-storage needs mkfs.ext4 (e2fsprogs) on the host" >&2; exit 1; }
 
 svm_step "build tessera-node-agent (release)" nice -n 10 cargo build -q --release -p tessera-node-agent
-svm_step "storage VM setup (cached)" "$ROOT/hack/storage-vm/setup.sh"
-svm_step "OpenZFS $ZFS_VER module for $SVM_KVER (cached)" "$ROOT/hack/storage-vm/zfs.sh"
+svm_step "storage VM setup (once, then cached)" "$ROOT/hack/storage-vm/setup.sh"
+svm_step "OpenZFS $ZFS_VER module for $SVM_KVER (built once, then cached)" "$ROOT/hack/storage-vm/zfs.sh"
 
 LANE_DEBS="util-linux libblkid1 libsmartcols1 libmount1 libudev1 libselinux1 libpcre2-8-0 nfs-kernel-server"
 lane_debs() {
