@@ -351,3 +351,39 @@ pub async fn run(client: Client, r: &dyn Runner, cfg: Config) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::civil::date;
+
+    #[test]
+    fn a_scrub_is_due_once_when_the_schedule_passed_between_two_looks() {
+        let mut st = AgentState::new("n");
+        st.started = date(2026, 11, 30).at(22, 0, 0, 0);
+        let monthly = "0 3 1 * *";
+        // first look after the agent started, before 03:00 on the 1st: not due
+        assert!(
+            !st.scrub_due("llm", monthly, date(2026, 12, 1).at(2, 59, 0, 0))
+                .unwrap()
+        );
+        // the next look after 03:00: due, once
+        assert!(
+            st.scrub_due("llm", monthly, date(2026, 12, 1).at(3, 0, 30, 0))
+                .unwrap()
+        );
+        assert!(
+            !st.scrub_due("llm", monthly, date(2026, 12, 1).at(3, 1, 0, 0))
+                .unwrap()
+        );
+        // another pool keeps its own clock (from the agent's start)
+        assert!(
+            st.scrub_due("other", monthly, date(2026, 12, 1).at(3, 1, 0, 0))
+                .unwrap()
+        );
+        assert!(
+            st.scrub_due("bad", "not a cron", date(2026, 12, 1).at(3, 1, 0, 0))
+                .is_err()
+        );
+    }
+}

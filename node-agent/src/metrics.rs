@@ -350,6 +350,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn metrics_are_served_over_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = Metrics::new("n");
+        m.record_pool("llm", "zfs", "applied", Some(&observed("ONLINE", false)));
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("application/openmetrics-text"));
+        assert!(body.contains(r#"tessera_pool_degraded{node="n",pool="llm",backend="zfs"} 0"#));
+        assert!(body.contains("# EOF"));
+    }
+
     #[test]
     fn a_new_health_word_replaces_the_old_series_and_progress_comes_and_goes() {
         let m = Metrics::new("n");
