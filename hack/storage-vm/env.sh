@@ -5,7 +5,7 @@
 SVM_KVER=${SVM_KVER:-6.1.0-56-amd64}
 SVM_CACHE=${SVM_CACHE:-$HOME/.cache/tessera/storage-vm-$SVM_KVER}
 SVM_ROOT=$SVM_CACHE/root
-SVM_INITRD=$SVM_CACHE/initramfs.cpio.gz
+SVM_INITRD=${SVM_INITRD:-$SVM_CACHE/initramfs.cpio.gz}
 SVM_KERNEL=$SVM_ROOT/boot/vmlinuz-$SVM_KVER
 SVM_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 

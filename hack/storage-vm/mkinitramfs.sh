@@ -2,7 +2,8 @@
 # Builds the storage VM's base initramfs from the unpacked root: busybox-static, kmod, mdadm, lvm2,
 # dmsetup (+ the shared libraries they load) and the dependency closure of the kernel modules below.
 # Hooks for other lanes: SVM_EXTRA_MODS (module names), SVM_EXTRA_BINS (absolute paths of binaries),
-# SVM_EXTRA_KO_DIR (out-of-tree .ko files), SVM_INITRD_OUT (output path).
+# SVM_EXTRA_KO_DIR (out-of-tree .ko files), SVM_EXTRA_LIBPATH (where the extra binaries' own
+# shared libraries are, e.g. an unpacked zfsutils-linux), SVM_INITRD_OUT (output path).
 set -euo pipefail
 # shellcheck source=hack/storage-vm/env.sh
 . "$(dirname "$0")/env.sh"
@@ -10,7 +11,7 @@ OUT=${SVM_INITRD_OUT:-$SVM_INITRD}
 W=$(mktemp -d "$SVM_CACHE/initramfs.XXXX")
 trap 'rm -rf "$W"' EXIT
 export LD_LIBRARY_PATH
-LD_LIBRARY_PATH=$(svm_ldpath)
+LD_LIBRARY_PATH=$(svm_ldpath)${SVM_EXTRA_LIBPATH:+:$SVM_EXTRA_LIBPATH}
 KMOD=$SVM_ROOT/bin/kmod
 mkdir -p "$W"/{bin,sbin,etc/lvm,proc,sys,dev,run,tmp,mnt,lib64,lib/x86_64-linux-gnu}
 

@@ -4,6 +4,7 @@
 #   DISK_SPEC: space-separated sizes in MiB, one per disk (disk0.img, disk1.img, ... in DISK_DIR);
 #              existing images are reused when SVM_KEEP_DISKS=1, else recreated empty.
 #   FILES:     extra files copied next to /test.sh in the guest's root.
+# SVM_DRIVE_OPTS_<i>: extra -drive options of disk i, e.g. throttling.bps-read=4194304.
 # Console lines are timestamped; the log goes to DISK_DIR/console.log. Exit status is the guest
 # script's (from its "VMTEST: test.sh rc=N" line), or 1 when the VM never reported one.
 set -euo pipefail
@@ -26,7 +27,8 @@ i=0
 for mb in $SPEC; do
   img=$DIR/disk$i.img
   if [ "${SVM_KEEP_DISKS:-0}" != 1 ] || [ ! -f "$img" ]; then rm -f "$img"; truncate -s "${mb}M" "$img"; fi
-  DRIVES+=(-drive "file=$img,if=virtio,format=raw,cache=writeback")
+  extra=SVM_DRIVE_OPTS_$i
+  DRIVES+=(-drive "file=$img,if=virtio,format=raw,cache=writeback${!extra:+,${!extra}}")
   i=$((i + 1))
 done
 case ${SVM_ACCEL:-tcg} in

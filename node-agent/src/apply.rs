@@ -1,17 +1,30 @@
 //! Apply a StoragePool on this node: plan, refuse or run, then report the agent's share of the
-//! status (health, members, operation, conditions `Applied`, `Degraded`, `Progressing`).
+//! status (health, capacity, members, operation, conditions `Applied`, `Degraded`, `Progressing`,
+//! and for ZFS `Exported` and `CapacityHigh`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use tessera_crds::StoragePool;
-use tessera_crds::storage_pool::{Backend, MemberStatus, Operation};
+use tessera_crds::storage_pool::{Backend, Capacity, MemberStatus, Operation};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::md;
-use crate::plan::Plan;
+use crate::exports::ChapCredentials;
+use crate::plan::{Observed, Plan, Step};
 use crate::runner::Runner;
+use crate::{lvm, md, zfs};
+
+/// How to apply.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+    /// Start a scrub (ZFS) or parity check (MD, LVM RAID) after applying, unless one runs.
+    pub scrub_now: bool,
+    /// CHAP credentials of the iSCSI exports, by secret `namespace/name`.
+    pub chap: Vec<(String, ChapCredentials)>,
+}
 
 /// What the node agent reports about one pool (the fields it owns in `StoragePool.status`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -19,17 +32,38 @@ use crate::runner::Runner;
 pub struct AgentReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
     pub conditions: Vec<Condition>,
-    /// The plan that was (or would have been, in a dry run) executed. Not part of the CRD status.
-    #[serde(skip)]
+    /// The plan that was (or would have been, in a dry run) executed, and the commands that ran.
+    /// Not part of the CRD status (the controller drops it).
     pub plan: Plan,
+    /// Commands run after the plan (a scrub started), for the one-shot report.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_steps: Vec<Step>,
+    /// The observation, for metrics. Not serialized.
+    #[serde(skip)]
+    pub observed: Option<Observed>,
 }
 
-fn cond(t: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+impl AgentReport {
+    /// The condition of type `t`, if reported.
+    pub fn condition(&self, t: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == t)
+    }
+}
+
+pub(crate) fn cond(
+    t: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: t.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -40,27 +74,68 @@ fn cond(t: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>)
     }
 }
 
+fn section<'a, T>(s: &'a Option<T>, name: &str) -> Result<&'a T> {
+    s.as_ref()
+        .ok_or_else(|| Error::InvalidPool(format!("backend {name} without a {name} section")))
+}
+
 /// Plan the pool.
-pub fn plan(r: &dyn Runner, pool: &StoragePool) -> Result<Plan> {
+pub fn plan(r: &dyn Runner, pool: &StoragePool, opts: &ApplyOptions) -> Result<Plan> {
+    let policy = pool.spec.device_policy;
     match pool.spec.backend {
-        Backend::Md => {
-            let spec = pool
-                .spec
-                .md
-                .as_ref()
-                .ok_or_else(|| Error::InvalidPool("backend md without an md section".into()))?;
-            md::plan(r, spec, pool.spec.device_policy)
-        }
-        Backend::Zfs => Err(Error::Unsupported("zfs".into())),
-        Backend::Lvm => Err(Error::Unsupported("lvm".into())),
+        Backend::Md => md::plan(r, section(&pool.spec.md, "md")?, policy),
+        Backend::Lvm => lvm::plan(r, section(&pool.spec.lvm, "lvm")?, policy),
+        Backend::Zfs => zfs::plan(r, section(&pool.spec.zfs, "zfs")?, policy, &opts.chap),
+    }
+}
+
+/// Observe the pool (after apply), `None` when it does not exist.
+pub fn observe(r: &dyn Runner, pool: &StoragePool) -> Result<Option<Observed>> {
+    match pool.spec.backend {
+        Backend::Md => md::observe(r, section(&pool.spec.md, "md")?),
+        Backend::Lvm => lvm::observe(r, section(&pool.spec.lvm, "lvm")?),
+        Backend::Zfs => zfs::observe(r, section(&pool.spec.zfs, "zfs")?),
+    }
+}
+
+/// The commands that start a scrub / parity check of the pool.
+pub fn scrub_steps(pool: &StoragePool) -> Result<Vec<Step>> {
+    Ok(match pool.spec.backend {
+        Backend::Md => md::scrub_steps(section(&pool.spec.md, "md")?),
+        Backend::Lvm => lvm::scrub_steps(section(&pool.spec.lvm, "lvm")?),
+        Backend::Zfs => zfs::scrub_steps(section(&pool.spec.zfs, "zfs")?),
+    })
+}
+
+/// Run one step, logging it first (destructive steps with their device, at warn level).
+pub fn run_step(r: &dyn Runner, step: &Step, dry_run: bool) -> Result<()> {
+    if step.destructive {
+        warn!(device = step.device.as_deref().unwrap_or("-"), command = %step.shown(), dry_run, "destructive step: {}", step.description);
+    } else {
+        info!(command = %step.shown(), dry_run, "{}", step.description);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let Some((program, args)) = step.command.split_first() else {
+        return Ok(());
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match r.check(program, &args) {
+        Err(Error::Command { status, stderr, .. }) => Err(Error::Command {
+            cmd: step.shown(),
+            status,
+            stderr,
+        }),
+        other => other.map(|_| ()),
     }
 }
 
 /// Plan and (unless `dry_run`) run, then observe. Every destructive step is logged with its device
 /// before it runs.
-pub fn apply(r: &dyn Runner, pool: &StoragePool, dry_run: bool) -> Result<AgentReport> {
+pub fn apply(r: &dyn Runner, pool: &StoragePool, opts: &ApplyOptions) -> Result<AgentReport> {
     let generation = pool.metadata.generation;
-    let plan = plan(r, pool)?;
+    let plan = plan(r, pool, opts)?;
     let mut report = AgentReport::default();
     if !plan.refusals.is_empty() {
         let msg = plan
@@ -79,86 +154,102 @@ pub fn apply(r: &dyn Runner, pool: &StoragePool, dry_run: bool) -> Result<AgentR
             &msg,
             generation,
         ));
-        report.plan = plan;
-        return Ok(report);
-    }
-    for step in &plan.steps {
-        if step.destructive {
-            warn!(device = step.device.as_deref().unwrap_or("-"), command = %step.command.join(" "), dry_run, "destructive step: {}", step.description);
-        } else {
-            info!(command = %step.command.join(" "), dry_run, "{}", step.description);
-        }
-        if dry_run {
-            continue;
-        }
-        let args: Vec<&str> = step.command[1..].iter().map(String::as_str).collect();
-        r.check(&step.command[0], &args)?;
-    }
-    let verb = if dry_run { "would apply" } else { "applied" };
-    let msg = if plan.steps.is_empty() {
-        "the node matches the spec".to_string()
     } else {
-        format!("{verb} {} step(s)", plan.steps.len())
-    };
-    report.conditions.push(cond(
-        "Applied",
-        true,
-        if dry_run { "DryRun" } else { "Applied" },
-        &msg,
-        generation,
-    ));
-    if pool.spec.backend == Backend::Md
-        && let Some(spec) = &pool.spec.md
-        && let Some(st) = md::state(r, &spec.name)?
-    {
-        let (degraded, action, progress) = md::sysfs_status(r, &st.kernel_name)?;
-        report.health = Some(if degraded > 0 {
-            "degraded".into()
+        for step in &plan.steps {
+            run_step(r, step, opts.dry_run)?;
+        }
+        let verb = if opts.dry_run {
+            "would apply"
         } else {
-            "clean".into()
-        });
-        report.members = st
-            .members
-            .iter()
-            .map(|(d, role)| MemberStatus {
-                device: d.clone(),
-                role: Some(role.clone()),
-                state: Some(if role == "faulty" {
-                    "faulty".into()
+            "applied"
+        };
+        let msg = if plan.steps.is_empty() {
+            "no actions: the node matches the spec".to_string()
+        } else {
+            format!("{verb} {} step(s)", plan.steps.len())
+        };
+        report.conditions.push(cond(
+            "Applied",
+            true,
+            if opts.dry_run { "DryRun" } else { "Applied" },
+            &msg,
+            generation,
+        ));
+    }
+    for x in &plan.skipped {
+        warn!(reason = %x.reason, "skipped: {}", x.message);
+    }
+    if pool.spec.backend == Backend::Zfs
+        && let Some(z) = &pool.spec.zfs
+        && z.exports.is_some()
+    {
+        report.conditions.push(match plan.skipped.first() {
+            Some(x) => cond("Exported", false, &x.reason, &x.message, generation),
+            None => cond(
+                "Exported",
+                plan.refusals.is_empty(),
+                if plan.refusals.is_empty() {
+                    "Exported"
                 } else {
-                    "active".into()
-                }),
-                smart: None,
-            })
-            .collect();
+                    "PoolNotApplied"
+                },
+                "NFS and iSCSI exports of the spec",
+                generation,
+            ),
+        });
+    }
+    if let Some(o) = observe(r, pool)? {
+        if opts.scrub_now && o.operation.is_none() && plan.refusals.is_empty() {
+            for step in scrub_steps(pool)? {
+                run_step(r, &step, opts.dry_run)?;
+                report.extra_steps.push(step);
+            }
+        }
+        let o = if report.extra_steps.is_empty() || opts.dry_run {
+            o
+        } else {
+            observe(r, pool)?.unwrap_or(o)
+        };
+        report.health = Some(o.health.clone());
+        report.capacity = o.capacity.clone();
+        report.members = o.members.clone();
+        report.operation = o.operation.clone();
         report.conditions.push(cond(
             "Degraded",
-            degraded > 0,
-            if degraded > 0 {
-                "MembersMissing"
-            } else {
-                "AllMembersActive"
-            },
-            &format!("{degraded} member(s) missing or faulty"),
+            o.degraded,
+            &o.degraded_reason,
+            &o.degraded_message,
             generation,
         ));
-        let op = md::operation_kind(&action);
-        report.conditions.push(cond(
-            "Progressing",
-            op.is_some(),
-            if op.is_some() {
-                "SyncInProgress"
-            } else {
-                "Idle"
-            },
-            &action,
-            generation,
-        ));
-        report.operation = op.map(|kind| Operation {
-            kind,
-            progress: progress.map(|p| format!("{p}")),
-            eta: None,
+        report.conditions.push(match &o.operation {
+            Some(op) => cond(
+                "Progressing",
+                true,
+                "OperationInProgress",
+                &format!(
+                    "{} at {}%",
+                    serde_json::to_value(op.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    op.progress.as_deref().unwrap_or("?")
+                ),
+                generation,
+            ),
+            None => cond(
+                "Progressing",
+                false,
+                "Idle",
+                "no operation running",
+                generation,
+            ),
         });
+        for (t, on, reason, msg) in &o.conditions {
+            report
+                .conditions
+                .push(cond(t, *on, reason, msg, generation));
+        }
+        report.observed = Some(o);
     }
     report.plan = plan;
     Ok(report)

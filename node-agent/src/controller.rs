@@ -6,6 +6,7 @@
 //! `tessera-node-agent-<node>` for GpuRaidPolicy `status.nodes[nodeName=<node>]`, because several
 //! nodes' agents write entries of the same list and each must own only its own.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,10 +18,15 @@ use tessera_crds::storage_pool::DeletionPolicy;
 use tessera_crds::{GpuRaidPolicy, StoragePool, TesseraNode};
 use tracing::{info, warn};
 
-use crate::apply::{AgentReport, apply};
+use crate::apply::{AgentReport, ApplyOptions, apply};
 use crate::error::{Error, Result};
+use crate::exports::ChapCredentials;
+use crate::metrics::Metrics;
 use crate::runner::Runner;
+use crate::schedule::Cron;
 use crate::smart::{Health, Thresholds};
+use k8s_openapi::jiff::Zoned;
+use k8s_openapi::jiff::civil::DateTime;
 
 const MANAGER: &str = "tessera-node-agent";
 
@@ -31,6 +37,40 @@ pub struct Config {
     pub dry_run: bool,
     pub interval: Duration,
     pub thresholds: Thresholds,
+    /// CHAP credentials of iSCSI exports (`namespace/name` of the secret).
+    pub chap: Vec<(String, ChapCredentials)>,
+    /// Where to serve `/metrics` and `/healthz` (`run` only); `None`: no HTTP server.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// What the controller keeps between passes: the metrics, and per pool the last time its
+/// `scrubSchedule` was looked at (a scheduled time between two looks starts a scrub).
+#[derive(Debug)]
+pub struct AgentState {
+    pub metrics: Metrics,
+    last_look: HashMap<String, DateTime>,
+    started: DateTime,
+}
+
+impl AgentState {
+    pub fn new(node: &str) -> AgentState {
+        AgentState {
+            metrics: Metrics::new(node),
+            last_look: HashMap::new(),
+            started: Zoned::now().datetime(),
+        }
+    }
+
+    /// Whether pool `name`'s schedule fired since the last look (the first look counts from the
+    /// agent's start: scrubs missed while the agent was down are not made up).
+    pub fn scrub_due(&mut self, name: &str, schedule: &str, now: DateTime) -> Result<bool> {
+        let cron = Cron::parse(schedule)?;
+        let last = self
+            .last_look
+            .insert(name.to_string(), now)
+            .unwrap_or(self.started);
+        Ok(cron.fired_between(last, now))
+    }
 }
 
 fn kube_err(e: kube::Error) -> Error {
@@ -41,7 +81,11 @@ fn kube_err(e: kube::Error) -> Error {
 }
 
 /// Write the inventory into this node's TesseraNode (creating it if needed).
-pub async fn publish_inventory(client: &Client, r: &dyn Runner, cfg: &Config) -> Result<()> {
+pub async fn publish_inventory(
+    client: &Client,
+    r: &dyn Runner,
+    cfg: &Config,
+) -> Result<tessera_crds::tessera_node::Inventory> {
     let api: Api<TesseraNode> = Api::all(client.clone());
     let pp = PatchParams::apply(MANAGER).force();
     let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "TesseraNode",
@@ -67,7 +111,7 @@ pub async fn publish_inventory(client: &Client, r: &dyn Runner, cfg: &Config) ->
     };
     let status = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "TesseraNode", "status": {
         "summary": {"disks": inv.block_devices.len(), "gpus": inv.gpus.len()},
-        "inventory": inv,
+        "inventory": &inv,
         "conditions": [
             cond("Ready", true, "AgentReporting", format!("agent {} reporting", env!("CARGO_PKG_VERSION"))),
             cond("SmartWarning", worst >= Health::Warning, "Smart", "worst SMART verdict of the node's drives".into()),
@@ -77,7 +121,7 @@ pub async fn publish_inventory(client: &Client, r: &dyn Runner, cfg: &Config) ->
     api.patch_status(&cfg.node_name, &pp, &Patch::Apply(&status))
         .await
         .map_err(kube_err)?;
-    Ok(())
+    Ok(inv)
 }
 
 /// The StoragePools the operator resolved to this node.
@@ -93,7 +137,9 @@ async fn my_pools(client: &Client, node: &str) -> Result<Vec<StoragePool>> {
 fn report_json(report: &AgentReport) -> serde_json::Value {
     let mut v = serde_json::to_value(report).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
-        o.retain(|k, _| ["health", "members", "operation", "conditions"].contains(&k.as_str()));
+        o.retain(|k, _| {
+            ["health", "capacity", "members", "operation", "conditions"].contains(&k.as_str())
+        });
     }
     v
 }
@@ -103,6 +149,7 @@ pub async fn reconcile_pool(
     client: &Client,
     r: &dyn Runner,
     cfg: &Config,
+    state: &mut AgentState,
     pool: &StoragePool,
 ) -> Result<()> {
     let api: Api<StoragePool> = Api::all(client.clone());
@@ -123,9 +170,43 @@ pub async fn reconcile_pool(
         ));
         rep
     } else {
-        match apply(r, pool, cfg.dry_run) {
-            Ok(rep) => rep,
+        let scrub_now = match &pool.spec.scrub_schedule {
+            Some(s) => state
+                .scrub_due(&name, s, Zoned::now().datetime())
+                .unwrap_or_else(|e| {
+                    warn!(pool = %name, error = %e, "scrubSchedule ignored");
+                    false
+                }),
+            None => false,
+        };
+        if scrub_now {
+            info!(pool = %name, "scrubSchedule fired: starting a scrub / parity check");
+        }
+        let opts = ApplyOptions {
+            dry_run: cfg.dry_run,
+            scrub_now,
+            chap: cfg.chap.clone(),
+        };
+        let backend = serde_json::to_value(pool.spec.backend)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match apply(r, pool, &opts) {
+            Ok(rep) => {
+                let result = if !rep.plan.refusals.is_empty() {
+                    "refused"
+                } else if rep.plan.is_noop() {
+                    "noop"
+                } else {
+                    "applied"
+                };
+                state
+                    .metrics
+                    .record_pool(&name, &backend, result, rep.observed.as_ref());
+                rep
+            }
             Err(e) => {
+                state.metrics.record_pool(&name, &backend, "failed", None);
                 let reason = match &e {
                     Error::Unsupported(_) => "BackendNotBuilt",
                     Error::ToolMissing(_) => "ToolMissing",
@@ -205,11 +286,23 @@ pub async fn report_policies(client: &Client, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// One pass over everything this node owns.
+/// One pass over everything this node owns (with a fresh state: no metrics kept, no scrubs due).
 pub async fn pass(client: &Client, r: &dyn Runner, cfg: &Config) -> Result<()> {
-    publish_inventory(client, r, cfg).await?;
+    let mut state = AgentState::new(&cfg.node_name);
+    pass_with(client, r, cfg, &mut state).await
+}
+
+/// One pass, keeping metrics and scrub schedules in `state`.
+pub async fn pass_with(
+    client: &Client,
+    r: &dyn Runner,
+    cfg: &Config,
+    state: &mut AgentState,
+) -> Result<()> {
+    let inv = publish_inventory(client, r, cfg).await?;
+    state.metrics.record_inventory(&inv);
     for pool in my_pools(client, &cfg.node_name).await? {
-        if let Err(e) = reconcile_pool(client, r, cfg, &pool).await {
+        if let Err(e) = reconcile_pool(client, r, cfg, state, &pool).await {
             warn!(pool = %pool.name_any(), error = %e, "pool reconcile failed");
         }
     }
@@ -237,8 +330,13 @@ pub async fn run(client: Client, r: &dyn Runner, cfg: Config) -> Result<()> {
             path: "signal handler".into(),
             source: e,
         })?;
+    let mut state = AgentState::new(&cfg.node_name);
+    if let Some(addr) = cfg.listen {
+        let bound = crate::metrics::serve(addr, state.metrics.clone()).await?;
+        info!(%bound, "serving /metrics and /healthz");
+    }
     loop {
-        if let Err(e) = pass(&client, r, &cfg).await {
+        if let Err(e) = pass_with(&client, r, &cfg, &mut state).await {
             warn!(error = %e, "pass failed");
         }
         let sleep = tokio::time::sleep(cfg.interval);
@@ -251,5 +349,41 @@ pub async fn run(client: Client, r: &dyn Runner, cfg: Config) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = term.recv() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::civil::date;
+
+    #[test]
+    fn a_scrub_is_due_once_when_the_schedule_passed_between_two_looks() {
+        let mut st = AgentState::new("n");
+        st.started = date(2026, 11, 30).at(22, 0, 0, 0);
+        let monthly = "0 3 1 * *";
+        // first look after the agent started, before 03:00 on the 1st: not due
+        assert!(
+            !st.scrub_due("llm", monthly, date(2026, 12, 1).at(2, 59, 0, 0))
+                .unwrap()
+        );
+        // the next look after 03:00: due, once
+        assert!(
+            st.scrub_due("llm", monthly, date(2026, 12, 1).at(3, 0, 30, 0))
+                .unwrap()
+        );
+        assert!(
+            !st.scrub_due("llm", monthly, date(2026, 12, 1).at(3, 1, 0, 0))
+                .unwrap()
+        );
+        // another pool keeps its own clock (from the agent's start)
+        assert!(
+            st.scrub_due("other", monthly, date(2026, 12, 1).at(3, 1, 0, 0))
+                .unwrap()
+        );
+        assert!(
+            st.scrub_due("bad", "not a cron", date(2026, 12, 1).at(3, 1, 0, 0))
+                .is_err()
+        );
     }
 }

@@ -33,6 +33,13 @@ enum Cmd {
         /// Seconds between passes (a change of a pool or policy triggers one sooner).
         #[arg(long, default_value_t = 30)]
         interval: u64,
+        /// Address of the Prometheus `/metrics` and `/healthz` endpoint.
+        #[arg(long, default_value = "0.0.0.0:9102")]
+        listen: std::net::SocketAddr,
+        /// CHAP credentials of iSCSI exports: DIR/<namespace>/<secret>/{username,password} (a
+        /// mounted Secret).
+        #[arg(long)]
+        chap_dir: Option<PathBuf>,
     },
     /// Print this node's inventory (block devices, signatures, SMART, GPUs, Xen).
     Inventory {
@@ -51,9 +58,17 @@ enum Cmd {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Write the agent's status report (health, members, operation, conditions) here as JSON.
+        /// Write the agent's status report (health, capacity, members, operation, conditions, and
+        /// the plan that ran) here as JSON.
         #[arg(long)]
         status_out: Option<PathBuf>,
+        /// Start a scrub (ZFS) or parity check (MD, LVM RAID) after applying, unless one runs.
+        #[arg(long)]
+        scrub_now: bool,
+        /// CHAP credentials of iSCSI exports: DIR/<namespace>/<secret>/{username,password}, the
+        /// layout of a mounted Secret.
+        #[arg(long)]
+        chap_dir: Option<PathBuf>,
     },
 }
 
@@ -63,6 +78,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let r = SystemRunner;
@@ -72,7 +88,15 @@ fn main() -> ExitCode {
             kubeconfig,
             dry_run,
             interval,
+            listen,
+            chap_dir,
         } => (|| {
+            let chap = match &chap_dir {
+                Some(d) => {
+                    tessera_node_agent::exports::chap_from_dir(d).map_err(|e| e.to_string())?
+                }
+                None => Vec::new(),
+            };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async {
                 let client = match kubeconfig {
@@ -93,6 +117,8 @@ fn main() -> ExitCode {
                     dry_run,
                     interval: std::time::Duration::from_secs(interval.max(1)),
                     thresholds: Thresholds::default(),
+                    chap,
+                    listen: Some(listen),
                 };
                 tessera_node_agent::controller::run(client, &r, cfg)
                     .await
@@ -143,23 +169,45 @@ fn main() -> ExitCode {
             pool,
             dry_run,
             status_out,
+            scrub_now,
+            chap_dir,
         } => (|| {
             let text =
                 std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
             let sp: tessera_crds::StoragePool =
                 serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let chap = match &chap_dir {
+                Some(d) => {
+                    tessera_node_agent::exports::chap_from_dir(d).map_err(|e| e.to_string())?
+                }
+                None => Vec::new(),
+            };
+            let opts = tessera_node_agent::apply::ApplyOptions {
+                dry_run,
+                scrub_now,
+                chap,
+            };
             let report =
-                tessera_node_agent::apply::apply(&r, &sp, dry_run).map_err(|e| e.to_string())?;
-            for s in &report.plan.steps {
+                tessera_node_agent::apply::apply(&r, &sp, &opts).map_err(|e| e.to_string())?;
+            for s in report.plan.steps.iter().chain(&report.extra_steps) {
                 println!(
                     "{}{}: {}",
                     if s.destructive { "[destructive] " } else { "" },
                     s.description,
-                    s.command.join(" ")
+                    s.shown()
                 );
+            }
+            if report.plan.is_noop() {
+                println!("no actions: the node matches the spec");
             }
             for x in &report.plan.refusals {
                 println!("refused ({}): {}", x.reason, x.message);
+            }
+            for x in &report.plan.skipped {
+                println!("skipped ({}): {}", x.reason, x.message);
+            }
+            if let Some(h) = &report.health {
+                println!("health: {h}");
             }
             if let Some(p) = status_out {
                 std::fs::write(

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use tessera_crds::storage_pool::{DevicePolicy, MdArraySpec, MdBitmap, OperationKind};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use tessera_crds::storage_pool::{
+    Capacity, DevicePolicy, MdArraySpec, MdBitmap, MemberStatus, Operation, OperationKind,
+};
 
 use crate::error::{Error, Result};
-use crate::inventory::signatures;
-use crate::plan::{Plan, Step};
+use crate::plan::{Observed, Plan, Step, vet_new_device};
 use crate::runner::Runner;
 
 /// An array as the kernel reports it.
@@ -63,10 +65,11 @@ pub fn state(r: &dyn Runner, name: &str) -> Result<Option<MdState>> {
     }
     let mut st = parse_detail_export(&out.stdout)?;
     // MD_DEVNAME is the /dev/md/ name; the kernel name comes from the symlink target.
-    if let Ok(target) = std::fs::canonicalize(&dev)
-        && let Some(n) = target.file_name()
+    let target = r.canonical(&dev);
+    if target != dev
+        && let Some(n) = target.rsplit('/').next()
     {
-        st.kernel_name = n.to_string_lossy().into_owned();
+        st.kernel_name = n.to_string();
     }
     Ok(Some(st))
 }
@@ -102,6 +105,90 @@ pub fn operation_kind(action: &str) -> Option<OperationKind> {
     }
 }
 
+/// State of member `device` from `/sys/block/mdX/md/dev-NAME/state` (`faulty`, `in_sync`,
+/// `spare`, `write_mostly`, ... comma-separated). `mdadm --detail --export` reports a failed member's
+/// role as `spare`, so the kernel's word is the one that counts: `faulty` when it says so, `active`
+/// for `in_sync`, else the kernel's first word (or the role when sysfs has nothing).
+pub fn member_state(r: &dyn Runner, kernel_name: &str, device: &str, role: &str) -> Result<String> {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    let path = format!("/sys/block/{kernel_name}/md/dev-{name}/state");
+    let Some(text) = r.read(&path)? else {
+        return Ok(if role == "faulty" { "faulty" } else { "active" }.into());
+    };
+    let words: Vec<&str> = text.trim().split(',').collect();
+    Ok(if words.contains(&"faulty") {
+        "faulty".into()
+    } else if words.contains(&"in_sync") {
+        "active".into()
+    } else {
+        words.first().copied().unwrap_or("unknown").to_string()
+    })
+}
+
+/// Observe the array after apply: health, members, resync / check progress.
+pub fn observe(r: &dyn Runner, spec: &MdArraySpec) -> Result<Option<Observed>> {
+    let Some(st) = state(r, &spec.name)? else {
+        return Ok(None);
+    };
+    let (degraded, action, progress) = sysfs_status(r, &st.kernel_name)?;
+    let mut members = Vec::new();
+    for (d, role) in &st.members {
+        let state = member_state(r, &st.kernel_name, d, role)?;
+        members.push(MemberStatus {
+            device: d.clone(),
+            role: Some(role.clone()),
+            state: Some(state),
+            smart: None,
+        });
+    }
+    let faulty = members
+        .iter()
+        .filter(|m| m.state.as_deref() == Some("faulty"))
+        .count() as u32;
+    let missing = degraded.max(faulty);
+    let size = r
+        .read(&format!("/sys/block/{}/size", st.kernel_name))?
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|sectors| sectors * 512);
+    Ok(Some(Observed {
+        health: if missing > 0 { "degraded" } else { "clean" }.into(),
+        degraded: missing > 0,
+        degraded_reason: if missing > 0 {
+            "MembersMissing"
+        } else {
+            "AllMembersActive"
+        }
+        .into(),
+        degraded_message: format!("{missing} member(s) missing or faulty"),
+        members,
+        capacity: size.map(|b| Capacity {
+            size: Some(Quantity(b.to_string())),
+            allocated: None,
+            free: None,
+        }),
+        operation: operation_kind(&action).map(|kind| Operation {
+            kind,
+            progress: progress.map(|p| format!("{p}")),
+            eta: None,
+        }),
+        size_bytes: size,
+        allocated_bytes: None,
+        conditions: Vec::new(),
+    }))
+}
+
+/// The command that starts a parity check of the array (on `scrubSchedule` or `--scrub-now`).
+pub fn scrub_steps(spec: &MdArraySpec) -> Vec<Step> {
+    if spec.level == 0 {
+        return Vec::new();
+    }
+    let dev = format!("/dev/md/{}", spec.name);
+    vec![Step::new(
+        format!("start a parity check of {}", spec.name),
+        &["mdadm", "--action=check", &dev],
+    )]
+}
+
 fn level_name(level: u8) -> String {
     format!("raid{level}")
 }
@@ -114,30 +201,7 @@ pub fn plan(r: &dyn Runner, spec: &MdArraySpec, policy: DevicePolicy) -> Result<
         None => {
             // New array: every member must be free of signatures unless the pool allows wiping.
             for d in spec.devices.iter().chain(&spec.spares) {
-                if !r.exists(d) {
-                    plan.refuse("DeviceNotFound", format!("{d} does not exist on this node"));
-                    continue;
-                }
-                let sigs = signatures(r, d)?;
-                if sigs.is_empty() {
-                    continue;
-                }
-                match policy {
-                    DevicePolicy::Refuse => plan.refuse(
-                        "DeviceHasSignature",
-                        format!(
-                            "{d} carries {} and devicePolicy is Refuse; nothing was written",
-                            sigs.join(", ")
-                        ),
-                    ),
-                    DevicePolicy::Wipe => plan.steps.push(
-                        Step::new(
-                            format!("wipe signatures {} from {d}", sigs.join(", ")),
-                            &["wipefs", "--all", d],
-                        )
-                        .destructive(d),
-                    ),
-                }
+                vet_new_device(r, &mut plan, d, policy)?;
             }
             let level = format!("--level={}", spec.level);
             let n = format!("--raid-devices={}", spec.devices.len());
@@ -188,11 +252,7 @@ pub fn plan(r: &dyn Runner, spec: &MdArraySpec, policy: DevicePolicy) -> Result<
                 .filter(|(_, role)| role.parse::<u32>().is_ok())
                 .map(|(d, _)| d)
                 .collect();
-            let canon = |d: &str| {
-                std::fs::canonicalize(d)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| d.to_string())
-            };
+            let canon = |d: &str| r.canonical(d);
             let present: Vec<String> = st.members.keys().map(|d| canon(d)).collect();
             for m in &active {
                 if !spec.devices.iter().any(|d| canon(d) == canon(m)) {
@@ -204,22 +264,8 @@ pub fn plan(r: &dyn Runner, spec: &MdArraySpec, policy: DevicePolicy) -> Result<
                 if present.contains(&canon(d)) {
                     continue;
                 }
-                if !r.exists(d) {
-                    plan.refuse("DeviceNotFound", format!("{d} does not exist on this node"));
+                if !vet_new_device(r, &mut plan, d, policy)? {
                     continue;
-                }
-                let sigs = signatures(r, d)?;
-                if !sigs.is_empty() {
-                    match policy {
-                        DevicePolicy::Refuse => {
-                            plan.refuse("DeviceHasSignature", format!("{d} carries {} and devicePolicy is Refuse; nothing was written", sigs.join(", ")));
-                            continue;
-                        }
-                        DevicePolicy::Wipe => plan.steps.push(
-                            Step::new(format!("wipe signatures from {d}"), &["wipefs", "--all", d])
-                                .destructive(d),
-                        ),
-                    }
                 }
                 plan.steps.push(
                     Step::new(
@@ -245,10 +291,7 @@ pub fn plan(r: &dyn Runner, spec: &MdArraySpec, policy: DevicePolicy) -> Result<
             }
         }
     }
-    if !plan.refusals.is_empty() {
-        plan.steps.clear();
-    }
-    Ok(plan)
+    Ok(plan.finish())
 }
 
 #[cfg(test)]
@@ -374,6 +417,34 @@ mod tests {
                 "mdadm --grow /dev/md/data --raid-devices=7"
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_member_is_faulty_though_mdadm_calls_it_spare() {
+        let degraded = include_str!("../tests/fixtures/mdadm-detail-export-degraded.txt");
+        let st = parse_detail_export(degraded).unwrap();
+        assert_eq!(
+            st.members["/dev/vdb"], "spare",
+            "what mdadm 4.2 reports after --fail"
+        );
+        let r = ScriptedRunner::default();
+        r.ok("mdadm --detail --export /dev/md/data", degraded);
+        r.file("/sys/block/data/md/degraded", "1\n")
+            .file("/sys/block/data/md/sync_action", "idle\n")
+            .file("/sys/block/data/md/dev-vdb/state", "faulty\n")
+            .file("/sys/block/data/md/dev-vda/state", "in_sync\n");
+        let o = observe(&r, &spec(&["/dev/vda"])).unwrap().unwrap();
+        assert!(o.degraded);
+        assert_eq!(o.health, "degraded");
+        let state = |d: &str| {
+            o.members
+                .iter()
+                .find(|m| m.device == d)
+                .and_then(|m| m.state.clone())
+        };
+        assert_eq!(state("/dev/vdb").as_deref(), Some("faulty"));
+        assert_eq!(state("/dev/vda").as_deref(), Some("active"));
+        assert!(o.operation.is_none());
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub trait Runner: Send + Sync {
         std::path::Path::new(path).exists()
     }
 
+    /// The canonical path of a device (symlinks such as `/dev/disk/by-id/...` resolved), or the
+    /// path itself when it cannot be resolved.
+    fn canonical(&self, path: &str) -> String {
+        std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.to_string())
+    }
+
     /// Run and require success.
     fn check(&self, program: &str, args: &[&str]) -> Result<String> {
         let out = self.run(program, args)?;

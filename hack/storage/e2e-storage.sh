@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# `make e2e-storage`: the node agent in one-shot mode against a real kernel (Debian 6.1 in qemu TCG,
+# the storage VM of hack/storage-vm) with real mdadm, lvm2 and OpenZFS 2.1.11: MD RAID6 over six
+# disks, an LVM VG with raid6 and raid5 LVs, the LLM ZFS layout scaled down (two mirrors, special,
+# log, cache, datasets, a zvol). Checks: the first apply creates, the second has no actions; failing
+# a member (mdadm --fail, zpool offline) reports Degraded; a disk carrying ext4 is refused by all
+# three backends without devicePolicy Wipe and its image's sha256 is unchanged; a scrub started
+# with --scrub-now shows in status.operation.
+# Everything it needs is fetched and cached under ~/.cache/tessera (storage VM root, zfs.ko build,
+# util-linux for wipefs). TESSERA_CAPTURE_FIXTURES=1 copies the guest's raw tool outputs over the
+# parser fixtures in node-agent/tests/fixtures/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=hack/storage-vm/env.sh
+. "$ROOT/hack/storage-vm/env.sh"
+T0=$(date +%s.%N)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+AGENT=$CARGO_TARGET_DIR/release/tessera-node-agent
+ZFS_VER=${SVM_ZFS_VER:-2.1.11}
+Z=$HOME/.cache/tessera/zfs-$ZFS_VER-$SVM_KVER
+L=$HOME/.cache/tessera/storage-lane-$SVM_KVER
+FX=$ROOT/node-agent/tests/fixtures
+command -v python3 >/dev/null || { echo "e2e-storage needs python3 (JSON checks)" >&2; exit 1; }
+command -v mkfs.ext4 >/dev/null || PATH=$PATH:/sbin:/usr/sbin
+command -v mkfs.ext4 >/dev/null || { echo "e2e-storage needs mkfs.ext4 (e2fsprogs) on the host" >&2; exit 1; }
+
+svm_step "build tessera-node-agent (release)" nice -n 10 cargo build -q --release -p tessera-node-agent
+svm_step "storage VM setup (once, then cached)" "$ROOT/hack/storage-vm/setup.sh"
+svm_step "OpenZFS $ZFS_VER module for $SVM_KVER (built once, then cached)" "$ROOT/hack/storage-vm/zfs.sh"
+
+LANE_DEBS="util-linux libblkid1 libsmartcols1 libmount1 libudev1 libselinux1 libpcre2-8-0 nfs-kernel-server"
+lane_debs() {
+  mkdir -p "$L/debs" "$L/root"
+  cd "$L/debs"
+  # shellcheck disable=SC2086 # word splitting of the package list is intended
+  { apt-get download -q $LANE_DEBS 2>&1 | grep -v unsandboxed; } || true
+  cd - >/dev/null
+  local f
+  for f in "$L"/debs/*.deb; do dpkg -x "$f" "$L/root"; done
+  [ -x "$L/root/sbin/wipefs" ] || { echo "wipefs missing after unpack" >&2; exit 1; }
+  echo "$LANE_DEBS" >"$L/.complete"
+}
+if [ "$(cat "$L/.complete" 2>/dev/null)" = "$LANE_DEBS" ]; then
+  echo "util-linux (wipefs, lsblk), exportfs cached in $L"
+else
+  svm_step "util-linux (wipefs, lsblk), exportfs for the guest" lane_debs
+fi
+
+# The lane's initramfs: the base one plus the agent, zpool/zfs, wipefs and the zfs modules. Rebuilt
+# when any of them changes.
+INITRD=$L/initramfs-storage.cpio.gz
+KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk" "$L/root/usr/sbin/exportfs"; cat "$SVM_CACHE/.initrd-key" \
+  "$ROOT/hack/storage-vm/mkinitramfs.sh" "$ROOT/hack/storage-vm/init"; sed -n '/^mk_initrd()/,/^}/p' "$0") |
+  sha256sum | cut -c1-16)
+mk_initrd() {
+  SVM_INITRD_OUT=$INITRD SVM_EXTRA_KO_DIR=$Z/ko SVM_EXTRA_MODS=nfsd \
+    SVM_EXTRA_BINS="$AGENT $Z/root/sbin/zpool $Z/root/sbin/zfs $L/root/sbin/wipefs $L/root/bin/lsblk $L/root/usr/sbin/exportfs" \
+    SVM_EXTRA_LIBPATH="$Z/root/lib/x86_64-linux-gnu:$Z/root/usr/lib/x86_64-linux-gnu:$L/root/lib/x86_64-linux-gnu:$L/root/usr/lib/x86_64-linux-gnu" \
+    "$ROOT/hack/storage-vm/mkinitramfs.sh" >/dev/null
+  echo "$KEY" >"$INITRD.key"
+}
+if [ "$(cat "$INITRD.key" 2>/dev/null)" = "$KEY" ] && [ -f "$INITRD" ]; then
+  echo "lane initramfs cached ($INITRD)"
+else
+  svm_step "lane initramfs (agent, zpool/zfs, wipefs, zfs.ko)" mk_initrd
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/e2e-storage.XXXX")
+trap 'rm -rf "$WORK"' EXIT
+D=$WORK/disks
+# Sizes in MiB: 6 MD, 6 LVM, 4 ZFS data, 1 "NVMe" (special/log/cache), ext4, spare, output.
+SIZES="64 64 64 64 64 64 64 64 64 64 64 64 128 128 128 128 384 64 64 64"
+prep_disks() {
+  mkdir -p "$D"
+  local i=0 mb
+  for mb in $SIZES; do
+    rm -f "$D/disk$i.img"
+    truncate -s "${mb}M" "$D/disk$i.img"
+    i=$((i + 1))
+  done
+  # MBR partition tables (no udev in the guest: ZFS gets partitions, see the recipe's README).
+  python3 - "$D" <<'PY'
+import struct, sys
+d = sys.argv[1]
+def mbr(path, parts):  # parts: (start MiB, size MiB); 0 = rest of the disk
+    size = __import__("os").path.getsize(path) // 512
+    table = b""
+    for start, mib in parts:
+        s = start * 2048
+        n = (mib * 2048) if mib else size - s
+        table += struct.pack("<B3sB3sII", 0, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", s, n)
+    table = table.ljust(64, b"\0")
+    with open(path, "r+b") as f:
+        f.seek(446)
+        f.write(table + b"\x55\xaa")
+for i in (12, 13, 14, 15):
+    mbr(f"{d}/disk{i}.img", [(1, 0)])
+mbr(f"{d}/disk16.img", [(1, 128), (129, 96), (225, 0)])
+PY
+  mkfs.ext4 -q -F -L tessera-e2e "$D/disk17.img"
+}
+svm_step "disk images (partitions, ext4 on disk 17 = vdr)" prep_disks
+SUM_BEFORE=$(sha256sum <"$D/disk17.img" | cut -d' ' -f1)
+
+boot() {
+  # Reads of the ZFS data disks are throttled (4 MiB/s) so that a scrub of the small pool lasts
+  # long enough (seconds) to be seen in progress; writes are not.
+  local i
+  for i in 12 13 14 15; do export "SVM_DRIVE_OPTS_$i=throttling.bps-read=4194304"; done
+  SVM_INITRD=$INITRD SVM_KEEP_DISKS=1 SVM_MEM=${SVM_MEM:-2048} \
+    "$ROOT/hack/storage-vm/run.sh" "$ROOT/hack/storage/guest-storage.sh" "$D" "$SIZES" \
+    "$ROOT"/hack/storage/pools/*.yaml >"$WORK/vm.log" 2>&1 || true
+  grep -E 'VMTEST|panic|Oops|BUG' "$WORK/vm.log" | sed 's/^/    /'
+  grep -q 'VMTEST: guest done' "$WORK/vm.log"
+}
+svm_step "storage VM: agent applies md, lvm, zfs (qemu TCG)" boot
+SUM_AFTER=$(sha256sum <"$D/disk17.img" | cut -d' ' -f1)
+mkdir -p "$WORK/out"
+tar -xf "$D/disk19.img" -C "$WORK/out"
+if [ -n "${TESSERA_E2E_KEEP:-}" ]; then
+  rm -rf "$TESSERA_E2E_KEEP"
+  cp -a "$WORK/out" "$TESSERA_E2E_KEEP"
+  cp "$WORK/vm.log" "$TESSERA_E2E_KEEP/"
+fi
+
+FAILS=0
+check() { # check DESCRIPTION cmd...
+  local d=$1
+  shift
+  if "$@"; then echo "  ok   $d"; else echo "  FAIL $d"; FAILS=$((FAILS + 1)); fi
+}
+rc_is() { [ "$(cat "$WORK/out/$1.rc" 2>/dev/null)" = "$2" ] || { echo "    $1: exit $(cat "$WORK/out/$1.rc" 2>/dev/null), wanted $2"; tail -5 "$WORK/out/$1.err" 2>/dev/null; return 1; }; }
+# py NAME EXPR: EXPR over the status report d of NAME.json (cond(t) is its condition t)
+py() {
+  python3 - "$WORK/out/$1.json" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+def cond(t):
+    return next((c for c in d.get("conditions", []) if c["type"] == t), {})
+ok = eval(sys.argv[2])
+if not ok:
+    print("    report:", json.dumps({k: d.get(k) for k in ("health", "operation", "conditions")})[:600])
+sys.exit(0 if ok else 1)
+PY
+}
+
+echo "--- results"
+for b in md lvm zfs; do
+  check "$b: first apply runs its plan (exit 0)" rc_is "$b-1" 0
+  check "$b: first apply had steps" py "$b-1" 'len(d["plan"]["steps"]) > 0 and cond("Applied")["status"] == "True"'
+  check "$b: second apply: exit 0, no actions" rc_is "$b-2" 0
+  check "$b: second apply: status says no actions" py "$b-2" 'd["plan"]["steps"] == [] and cond("Applied")["message"].startswith("no actions")'
+  check "$b: healthy after apply (Degraded=False)" py "$b-2" 'cond("Degraded")["status"] == "False"'
+done
+check "lvm: raid6 and raid5 LVs exist with their stripes" python3 -c "
+import json; lv={l['lv_name']: l for l in json.load(open('$WORK/out/fx-lvm-lvs.out'))['report'][0]['lv']}
+assert lv['r6']['segtype']=='raid6' and lv['r6']['data_stripes']=='4', lv
+assert lv['r5']['segtype']=='raid5' and lv['r5']['data_stripes']=='3', lv"
+check "zfs: two mirrors + special + log + cache in zpool status" python3 -c "
+t=open('$WORK/out/fx-zpool-status.out').read()
+assert all(s in t for s in ('mirror-0','mirror-1','special','logs','cache','/dev/vdq3')), t"
+check "zfs: dataset properties (recordsize 1M, atime off, special_small_blocks 32K)" grep -qxP 'recordsize\t1048576' "$WORK/out/fx-zfs-get-inference.out"
+check "zfs: zvol 32 MiB, volblocksize 16K" grep -qxP 'volsize\t33554432' "$WORK/out/fx-zfs-get-zvol.out"
+check "zfs: NFS export made by the agent (exportfs -s lists /llm/inference for 10.20.0.0/24)" grep -q '^/llm/inference.*10.20.0.0/24(.*rw.*root_squash' "$WORK/out/fx-exportfs-s.out"
+check "zfs: iSCSI export skipped without targetcli (Exported=False ToolMissing)" py zfs-2 'cond("Exported")["reason"] == "ToolMissing" and "targetcli" in cond("Exported")["message"]'
+for b in md lvm zfs; do
+  check "$b on the ext4 disk: refused (exit 3)" rc_is "refuse-$b" 3
+  check "$b on the ext4 disk: DeviceHasSignature, nothing planned" py "refuse-$b" 'cond("Applied")["reason"] == "DeviceHasSignature" and d["plan"]["steps"] == []'
+done
+check "ext4 disk bytes unchanged (sha256 ${SUM_BEFORE:0:16}... before and after)" test "$SUM_BEFORE" = "$SUM_AFTER"
+check "zfs: --scrub-now started a scrub" py zfs-scrub 'any(s["command"][:2] == ["zpool", "scrub"] for s in d.get("extraSteps", []))'
+check "zfs: scrub in status.operation" py zfs-scrub '(d.get("operation") or {}).get("kind") == "scrub"'
+check "md: mdadm --fail -> Degraded=True" py md-degraded 'cond("Degraded")["status"] == "True" and d["health"] == "degraded"'
+check "zfs: zpool offline -> Degraded=True, health DEGRADED" py zfs-degraded 'cond("Degraded")["status"] == "True" and d["health"] == "DEGRADED"'
+check "zfs: the offline member is reported OFFLINE" py zfs-degraded 'any(m["device"] == "/dev/vdn1" and m["state"] == "OFFLINE" for m in d["members"])'
+check "md: the failed member is reported faulty" py md-degraded 'any(m["device"] == "/dev/vdb" and m["state"] == "faulty" for m in d["members"])'
+check "lvm: a failed raid6 leg (dm error target) -> Degraded=True" py lvm-degraded 'cond("Degraded")["status"] == "True"'
+check "inventory in the guest: exit 0, ext4 on /dev/vdr" python3 -c "
+import json; inv=json.load(open('$WORK/out/inventory.out'))
+assert any(b['path']=='/dev/vdr' and any(s.startswith('ext4') for s in b.get('signatures',[])) for b in inv['blockDevices']), inv"
+
+if [ -n "${TESSERA_CAPTURE_FIXTURES:-}" ]; then
+  for f in "$WORK"/out/fx-*.out; do
+    n=$(basename "$f" .out)
+    n=${n#fx-}
+    case $n in lvm-*) ext=json ;; *) ext=txt ;; esac
+    # The scrub of the small pool may be over before zpool status looks: keep the old capture then.
+    if [ "$n" = zpool-status-scrub ] && ! grep -q 'scrub in progress' "$f"; then
+      echo "  (scrub already finished when captured: $n kept)"
+      continue
+    fi
+    cp "$f" "$FX/$n.$ext"
+  done
+  echo "fixtures captured into $FX"
+fi
+printf '==> e2e-storage: %d failure(s), %.0f s in all\n' "$FAILS" "$(echo "$(date +%s.%N) - $T0" | bc)"
+[ "$FAILS" = 0 ]

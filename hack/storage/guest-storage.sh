@@ -1,0 +1,104 @@
+#!/bin/sh
+# Guest side of `make e2e-storage` (busybox sh in the storage VM, PID 1's child). The node agent
+# (one-shot mode) applies the pools (next to /test.sh) twice each, is refused on the ext4 disk, starts a
+# scrub, and reports Degraded after a member is failed. Every status report, exit code, log and the
+# raw tool outputs (parser fixtures) go to /out, which is written as a tar archive onto the last
+# disk for the host to check.
+# Disks: vda-vdf MD, vdg-vdl LVM, vdm1-vdp1 ZFS mirrors, vdq1/2/3 special/log/cache, vdr ext4,
+# vds spare partner of the refused MD array, vdt the output disk.
+set -u
+A=/sbin/tessera-node-agent
+O=/out
+mkdir -p "$O"
+export RUST_LOG=info
+up() { cut -d' ' -f1 /proc/uptime; }
+for m in raid456 dm_mod dm_raid zfs nfsd; do /sbin/modprobe "$m" || echo "VMTEST: modprobe $m failed"; done
+# kernel NFS server state for exportfs (no rpc.mountd / nfsd threads: the export table is what is checked)
+mkdir -p /var/lib/nfs /proc/fs/nfsd /etc/exports.d
+: >/etc/exports
+: >/var/lib/nfs/etab # what nfs-server.service's `exportfs -r` leaves on a host
+mount -t nfsd nfsd /proc/fs/nfsd || echo "VMTEST: mount nfsd failed"
+
+# run NAME cmd...: stdout, stderr and exit code into /out/NAME.{out,err,rc}, one timing line.
+run() {
+  name=$1
+  shift
+  t0=$(up)
+  "$@" >"$O/$name.out" 2>"$O/$name.err"
+  rc=$?
+  echo "$rc" >"$O/$name.rc"
+  echo "VMTEST: $name rc=$rc ($t0 -> $(up) s)"
+}
+apply() { # apply NAME POOL [ARGS...]
+  name=$1 pool=$2
+  shift 2
+  run "$name" "$A" apply --pool "/$pool" --status-out "$O/$name.json" "$@"
+}
+
+apply md-1 md-raid6.yaml
+apply md-2 md-raid6.yaml
+apply lvm-1 lvm-raid.yaml
+apply lvm-2 lvm-raid.yaml
+apply zfs-1 zfs-llm.yaml
+apply zfs-2 zfs-llm.yaml
+apply refuse-md ext4-refuse-md.yaml
+apply refuse-lvm ext4-refuse-lvm.yaml
+apply refuse-zfs ext4-refuse-zfs.yaml
+run inventory "$A" inventory --json
+
+# Raw outputs for the parser fixtures (the same commands and fields the agent uses).
+PVF=pv_name,vg_name,pv_size,pv_free,pv_attr
+VGF=vg_name,vg_size,vg_free,vg_extent_size,pv_count,lv_count,vg_missing_pv_count
+LVF=lv_name,vg_name,segtype,data_stripes,stripe_size,lv_size,lv_attr,lv_health_status,copy_percent,raid_sync_action
+J="--reportformat json --units b --nosuffix"
+# shellcheck disable=SC2086 # $J is a list of options
+{
+  run fx-lvm-pvs lvm pvs $J -o $PVF
+  run fx-lvm-vgs lvm vgs $J -o $VGF tvg
+  run fx-lvm-lvs lvm lvs $J -o $LVF tvg
+}
+run fx-mdadm-detail-export mdadm --detail --export /dev/md/data
+run fx-zpool-status zpool status -P -p llm
+run fx-zpool-list zpool list -Hp -o name,size,allocated,free,capacity,health llm
+run fx-zpool-get zpool get -Hp -o property,value ashift,autotrim llm
+run fx-zfs-get-inference zfs get -Hp -o property,value recordsize,atime,special_small_blocks llm/inference
+run fx-exportfs-s exportfs -s
+run fx-zfs-get-zvol zfs get -Hp -o property,value volsize,volblocksize,sync,volmode llm/vm/iscsi0
+
+# Scrub: some data first, so that the scrub is still running when the agent looks.
+dd if=/dev/urandom of=/llm/inference/blob bs=1M count=48 2>/dev/null
+echo 3 >/proc/sys/vm/drop_caches
+dd if=/dev/urandom of=/llm/tmp/small bs=16k count=256 2>/dev/null
+sync
+apply zfs-scrub zfs-llm.yaml --scrub-now
+run fx-zpool-status-scrub zpool status -P -p llm
+zpool wait -t scrub llm
+run fx-zpool-status-scrubbed zpool status -P -p llm
+
+# Failing one member makes the status Degraded.
+run md-fail mdadm /dev/md/data --fail /dev/vdb
+apply md-degraded md-raid6.yaml
+run fx-mdadm-detail-export-degraded mdadm --detail --export /dev/md/data
+run zfs-offline zpool offline llm /dev/vdn1
+apply zfs-degraded zfs-llm.yaml
+run fx-zpool-status-degraded zpool status -P -p llm
+
+# LVM: replace one leg of the raid6 LV with the dm error target and write, so that dm-raid fails it.
+leg=tvg-r6_rimage_1
+n=$(dmsetup table "$leg" | awk '{print $2}')
+run lvm-fail-leg sh -c "dmsetup suspend $leg && dmsetup load $leg --table '0 $n error' && dmsetup resume --noudevsync $leg && dd if=/dev/zero of=/dev/tvg/r6 bs=64k count=64 conv=fsync"
+sleep 1
+apply lvm-degraded lvm-raid.yaml
+# shellcheck disable=SC2086 # $J is a list of options
+run fx-lvm-lvs-degraded lvm lvs $J -o $LVF tvg
+# shellcheck disable=SC2086
+run fx-lvm-vgs-degraded lvm vgs $J -o $VGF tvg
+
+dmesg >"$O/dmesg.txt"
+zpool export llm
+lvm vgchange -an tvg >/dev/null 2>&1
+mdadm --stop /dev/md/data >/dev/null 2>&1
+sync
+tar -cf /dev/vdt -C "$O" . && echo "VMTEST: results written to vdt"
+sync
+echo "VMTEST: guest done"
