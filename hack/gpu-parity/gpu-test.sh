@@ -3,6 +3,8 @@
 #   stage: build tessera-raid and the `gpu` test binary with --features cuda (release) here and
 #          copy them into .gpu/parity/ (carried to the GPU machine; no Rust toolchain needed there)
 #   run:   on the GPU machine: GPU correctness tests, then `tessera-raid bench --gpu` (and --json);
+#          GPU_PARITY_EXPLORE=1M,64M first runs the tuning sweep (bench --gpu --gpu-explore),
+#          GPU_PARITY_SKIP_TESTS=1 skips the correctness tests;
 #          logs go to $OUT when set (the device tool's output folder), else .gpu/parity/logs/
 #   all:   stage, then run if this machine has a GPU; otherwise say so and stop (exit 0)
 set -euo pipefail
@@ -44,7 +46,13 @@ run() {
 	fi
 	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
 	export TESSERA_PARITY_CALIBRATION_DIR=${TESSERA_PARITY_CALIBRATION_DIR:-$logs/calibration}
-	step "GPU correctness tests" "$dir/gpu-tests" --nocapture --test-threads=1 2>&1 | tee "$logs/gpu-tests.log"
+	if [ -n "${GPU_PARITY_EXPLORE:-}" ]; then
+		# tuning sweep (kernel split per size, pinned-path chunk): GPU_PARITY_EXPLORE=1M,4M,64M
+		step "bench --gpu --gpu-explore" "$dir/tessera-raid" bench --gpu --gpu-explore \
+			--gpu-sizes "$GPU_PARITY_EXPLORE" 2>&1 | tee "$logs/explore.txt"
+	fi
+	[ -n "${GPU_PARITY_SKIP_TESTS:-}" ] ||
+		step "GPU correctness tests" "$dir/gpu-tests" --nocapture --test-threads=1 2>&1 | tee "$logs/gpu-tests.log"
 	step "bench --gpu" "$dir/tessera-raid" bench --gpu 2>&1 | tee "$logs/bench.txt"
 	if [ -n "${GPU_PARITY_JSON:-}" ]; then
 		"$dir/tessera-raid" bench --gpu --json >"$logs/bench.json"

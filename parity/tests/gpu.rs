@@ -1,6 +1,32 @@
 //! GPU correctness: CPU and GPU bytes equal for every code, random sizes and every reconstruct
-//! case, through the device-resident API, the host API and the engine. Needs the `cuda` feature
-//! and a GPU; elsewhere it prints one `skipped:` line.
+//! case, through the device-resident API, the host API and the engine; every split plan of the
+//! matrix kernel; the batching queue; and the CPU fallback on genuine CUDA errors. Needs the
+//! `cuda` feature and a GPU; elsewhere each test prints one `skipped:` line.
+
+#[cfg(feature = "cuda")]
+mod common {
+    use tessera_parity::gpu::{CALIBRATION_VERSION, CalPoint, Calibration, GpuInfo};
+
+    /// A calibration that sends every class to the GPU, on both host paths.
+    pub fn always_gpu(info: GpuInfo) -> Calibration {
+        Calibration {
+            version: CALIBRATION_VERSION,
+            gpu: Some(info),
+            cpu_threads: 1,
+            points: ["xor", "pq", "matrix"]
+                .iter()
+                .map(|c| CalPoint {
+                    class: (*c).into(),
+                    shard_bytes: 1 << 20,
+                    cpu_gbps: 0.0,
+                    gpu_gbps: 1.0,
+                    gpu_pinned_gbps: 1.0,
+                    cpu_pinned_gbps: 0.0,
+                })
+                .collect(),
+        }
+    }
+}
 
 #[cfg(not(feature = "cuda"))]
 #[test]
@@ -13,9 +39,7 @@ fn gpu_matches_cpu() {
 fn gpu_matches_cpu() {
     use rand::{Rng, SeedableRng};
     use std::sync::Arc;
-    use tessera_parity::gpu::{
-        CalPoint, Calibration, Code, CudaParity, Engine, GpuBackend, Job, Policy, Route,
-    };
+    use tessera_parity::gpu::{Code, CudaParity, Engine, GpuBackend, Job, Plan, Policy, Route};
     use tessera_parity::{Matrix, ParityError, Pq, ReedSolomon, Xor};
 
     let gpu = match CudaParity::open(0) {
@@ -133,6 +157,79 @@ fn gpu_matches_cpu() {
         }
     }
 
+    // --- every split plan of the matrix kernel (the engine picks one by size), odd lengths too
+    for &len in &[32usize, 4096 + 5, (1 << 20) + 13, (5 << 20) + 32] {
+        for (k, m) in [
+            (10usize, 4usize),
+            (10, 2),
+            (7, 3),
+            (rng.random_range(4..=32), rng.random_range(1..=8)),
+        ] {
+            let rs = ReedSolomon::new(k, m, Matrix::Cauchy).expect("rs");
+            let data = rand_shards(&mut rng, k, len);
+            let srcs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+            let mut want: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; len]).collect();
+            {
+                let mut d: Vec<&mut [u8]> = want.iter_mut().map(|v| v.as_mut_slice()).collect();
+                rs.encode(&srcs, &mut d).expect("cpu rs");
+            }
+            let job = Job::Matrix {
+                k,
+                m,
+                rows: rs.generator()[k * k..].to_vec(),
+            };
+            let dsrc: Vec<_> = srcs
+                .iter()
+                .map(|s| stream.clone_htod(*s).expect("htod"))
+                .collect();
+            let plans = (1..=Plan::MAX_SPLIT).flat_map(|split| {
+                [(false, false), (true, false), (true, true)].map(|(preload, select)| Plan {
+                    split,
+                    preload,
+                    select,
+                })
+            });
+            for plan in plans {
+                let mut ddst: Vec<_> = (0..m)
+                    .map(|_| stream.alloc_zeros::<u8>(len).expect("alloc"))
+                    .collect();
+                {
+                    use cudarc::driver::{DevicePtr, DevicePtrMut};
+                    let mut g = Vec::new();
+                    let sp: Vec<u64> = dsrc
+                        .iter()
+                        .map(|s| {
+                            let (p, x) = s.device_ptr(&stream);
+                            g.push(x);
+                            p
+                        })
+                        .collect();
+                    let dp: Vec<u64> = ddst
+                        .iter_mut()
+                        .map(|d| {
+                            let (p, x) = d.device_ptr_mut(&stream);
+                            g.push(x);
+                            p
+                        })
+                        .collect();
+                    // SAFETY: buffers of len bytes owned here; synchronised below.
+                    unsafe {
+                        gpu.launch_raw_plan(&job, plan, &sp, &dp, len, &stream)
+                            .expect("launch plan")
+                    };
+                }
+                stream.synchronize().expect("sync");
+                for (j, d) in ddst.iter().enumerate() {
+                    assert!(
+                        stream.clone_dtoh(d).expect("dtoh") == want[j],
+                        "rs {k}+{m} {plan:?} len {len} output {j}"
+                    );
+                }
+                checks += 1;
+            }
+        }
+    }
+
     // --- reconstruct: every case of RAID6 (k = 4, 8) and RS 6+3, a sample of RS 10+4
     let mut patterns: Vec<(Code, usize, Vec<usize>)> = Vec::new();
     for k in [4usize, 8] {
@@ -164,19 +261,7 @@ fn gpu_matches_cpu() {
         patterns.push((Code::Rs(rs104.clone()), 14, lost));
     }
     // An engine that sends everything to the GPU (calibration says it is faster, no minimum).
-    let always_gpu = Calibration {
-        gpu: Some(gpu.info()),
-        cpu_threads: 1,
-        points: ["xor", "pq", "matrix"]
-            .iter()
-            .map(|c| CalPoint {
-                class: (*c).into(),
-                shard_bytes: 1 << 20,
-                cpu_gbps: 0.0,
-                gpu_gbps: 1.0,
-            })
-            .collect(),
-    };
+    let always_gpu = common::always_gpu(gpu.info());
     let engine = Engine::with_gpu(
         gpu.clone(),
         always_gpu,
@@ -306,4 +391,298 @@ fn gpu_matches_cpu() {
         checks,
         t0.elapsed().as_secs_f64()
     );
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_fallback_on_real_cuda_errors() {
+    println!("skipped: no CUDA device (built without the cuda feature)");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_batches_small_stripes() {
+    println!("skipped: no CUDA device (built without the cuda feature)");
+}
+
+#[cfg(feature = "cuda")]
+fn open_gpu() -> Option<std::sync::Arc<tessera_parity::gpu::CudaParity>> {
+    use tessera_parity::ParityError;
+    match tessera_parity::gpu::CudaParity::open(0) {
+        Ok(g) => Some(std::sync::Arc::new(g)),
+        Err(ParityError::NoGpu(why)) => {
+            println!("skipped: no CUDA device ({why})");
+            None
+        }
+        Err(e) => panic!("CUDA present but unusable: {e}"),
+    }
+}
+
+/// A genuine CUDA failure on the GPU route (the driver refuses a launch; the driver cannot
+/// allocate the staging): with `fallback: cpu` the engine recomputes on the CPU, bytes equal,
+/// the fallback counter grows; with `fallback: fail` the CUDA error is returned. Then the fault
+/// is removed and the same engine runs on the GPU again.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_fallback_on_real_cuda_errors() {
+    use rand::{Rng, SeedableRng};
+    use tessera_parity::gpu::{Code, Engine, Fallback, Fault, GpuBackend, Job, Policy, Route};
+    use tessera_parity::{Matrix, ParityError, ReedSolomon};
+
+    let Some(gpu) = open_gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xfa11);
+    let (k, m, len) = (10usize, 4usize, (1usize << 20) + 3);
+    let rs = ReedSolomon::new(k, m, Matrix::Cauchy).expect("rs");
+    let code = Code::Rs(rs.clone());
+    let job = Job::Matrix {
+        k,
+        m,
+        rows: rs.generator()[k * k..].to_vec(),
+    };
+    let data: Vec<Vec<u8>> = (0..k)
+        .map(|_| {
+            let mut v = vec![0u8; len];
+            rng.fill(&mut v[..]);
+            v
+        })
+        .collect();
+    let srcs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+    let mut want: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; len]).collect();
+    {
+        let mut d: Vec<&mut [u8]> = want.iter_mut().map(|v| v.as_mut_slice()).collect();
+        rs.encode(&srcs, &mut d).expect("cpu");
+    }
+    let policy = |fallback| Policy {
+        min_stripe_bytes: 0,
+        fallback,
+        max_vram_bytes: None,
+    };
+    let cal = common::always_gpu(gpu.info());
+    let engine = Engine::with_gpu(gpu.clone(), cal.clone(), policy(Fallback::Cpu));
+    let failing = Engine::with_gpu(gpu.clone(), cal, policy(Fallback::Fail));
+    let mut pinned = engine.alloc_shards(k + m, len).expect("pinned shards");
+    assert!(pinned.is_pinned());
+    for (i, d) in data.iter().enumerate() {
+        pinned.shard_mut(i).expect("shard").copy_from_slice(d);
+    }
+    let encode = |e: &Engine, out: &mut Vec<Vec<u8>>| {
+        for o in out.iter_mut() {
+            o.fill(0xee);
+        }
+        let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+        e.encode(&code, &srcs, &mut d)
+    };
+    let mut out: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; len]).collect();
+    assert_eq!(encode(&engine, &mut out).expect("gpu"), Route::Gpu);
+    assert_eq!(out, want);
+
+    for (fault, expect) in [
+        (Fault::Launch, "CUDA_ERROR_INVALID_VALUE"),
+        (Fault::Alloc, "CUDA_ERROR_"),
+    ] {
+        gpu.inject_fault(Some(fault));
+        // The backend itself fails with the driver's error...
+        {
+            let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+            let err = gpu.run_host(&job, &srcs, &mut d, None).expect_err("fault");
+            println!("{fault:?}: {err}");
+            assert!(
+                matches!(&err, ParityError::Gpu(msg) if msg.contains(expect)),
+                "{fault:?}: {err}"
+            );
+        }
+        // ... fallback: cpu recomputes on the CPU, counted, same bytes (pageable and pinned).
+        let before = engine.fallbacks_total();
+        assert_eq!(encode(&engine, &mut out).expect("fallback"), Route::Cpu);
+        assert_eq!(out, want, "{fault:?}: CPU result after the fallback");
+        assert_eq!(engine.fallbacks_total(), before + 1);
+        for j in k..k + m {
+            pinned.shard_mut(j).expect("shard").fill(0xee);
+        }
+        assert_eq!(
+            engine.encode_shards(&code, &mut pinned).expect("fallback"),
+            Route::Cpu
+        );
+        for (j, w) in want.iter().enumerate() {
+            assert_eq!(pinned.shard(k + j).expect("shard"), w.as_slice());
+        }
+        pinned.shard_mut(3).expect("shard").fill(0);
+        pinned.shard_mut(11).expect("shard").fill(0);
+        assert_eq!(
+            engine
+                .reconstruct_shards(&code, &mut pinned, &[3, 11])
+                .expect("fallback"),
+            Route::Cpu
+        );
+        assert_eq!(pinned.shard(3).expect("shard"), data[3].as_slice());
+        assert_eq!(pinned.shard(11).expect("shard"), want[1].as_slice());
+        assert_eq!(engine.fallbacks_total(), before + 3);
+        // ... fallback: fail returns the CUDA error and counts nothing.
+        let err = encode(&failing, &mut out).expect_err("fail policy");
+        assert!(
+            matches!(&err, ParityError::Gpu(msg) if msg.contains(expect)),
+            "{err}"
+        );
+        assert_eq!(failing.fallbacks_total(), 0);
+        // The errors are not sticky: without the fault the GPU route works again.
+        gpu.inject_fault(None);
+        assert_eq!(encode(&engine, &mut out).expect("gpu again"), Route::Gpu);
+        assert_eq!(out, want);
+        for j in k..k + m {
+            pinned.shard_mut(j).expect("shard").fill(0xee);
+        }
+        assert_eq!(
+            engine.encode_shards(&code, &mut pinned).expect("gpu"),
+            Route::Gpu
+        );
+        for (j, w) in want.iter().enumerate() {
+            assert_eq!(pinned.shard(k + j).expect("shard"), w.as_slice());
+        }
+    }
+    println!(
+        "gpu fallback: {} fallbacks counted, GPU route works after the faults",
+        engine.fallbacks_total()
+    );
+}
+
+/// Many small stripes (4..64 KiB, RS 10+4 encode and P+Q 8+2 rebuilds) through the batching
+/// queue on the GPU: few launches, every stripe's bytes equal to the CPU's.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_batches_small_stripes() {
+    use rand::{Rng, SeedableRng};
+    use tessera_parity::gpu::{Code, Engine, GpuBackend, Policy};
+    use tessera_parity::{Matrix, Pq, ReedSolomon};
+
+    let Some(gpu) = open_gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xba7c);
+    let engine = Engine::with_gpu(
+        gpu.clone(),
+        common::always_gpu(gpu.info()),
+        Policy {
+            min_stripe_bytes: 0,
+            ..Policy::default()
+        },
+    );
+    let rs = ReedSolomon::new(10, 4, Matrix::Cauchy).expect("rs");
+    let lens: Vec<usize> = (0..500).map(|_| rng.random_range(4096..=65536)).collect();
+    let data: Vec<Vec<Vec<u8>>> = lens
+        .iter()
+        .map(|&l| {
+            (0..10)
+                .map(|_| {
+                    let mut v = vec![0u8; l];
+                    rng.fill(&mut v[..]);
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let mut parity: Vec<Vec<Vec<u8>>> = lens.iter().map(|&l| vec![vec![0xeeu8; l]; 4]).collect();
+    let code = Code::Rs(rs.clone());
+    let t = std::time::Instant::now();
+    let mut q = engine.queue(&code, 16 << 20);
+    for (d, p) in data.iter().zip(parity.iter_mut()) {
+        q.push_encode(
+            d.iter().map(|v| v.as_slice()).collect(),
+            p.iter_mut().map(|v| v.as_mut_slice()).collect(),
+        )
+        .expect("push");
+    }
+    let stats = q.finish().expect("finish");
+    let el = t.elapsed().as_secs_f64();
+    let bytes: usize = lens.iter().map(|l| l * 10).sum();
+    println!(
+        "queue: {} stripes in {} batches ({} on the GPU), {:.1} GB/s of data",
+        stats.stripes,
+        stats.batches,
+        stats.gpu_batches,
+        bytes as f64 / el / 1e9
+    );
+    assert_eq!(stats.stripes, 500);
+    assert!(stats.batches >= 2 && stats.batches <= (bytes as u64).div_ceil(16 << 20) + 1);
+    assert_eq!(stats.gpu_batches, stats.batches);
+    for (i, (d, p)) in data.iter().zip(&parity).enumerate() {
+        let srcs: Vec<&[u8]> = d.iter().map(|v| v.as_slice()).collect();
+        let mut want = vec![vec![0u8; lens[i]]; 4];
+        let mut w: Vec<&mut [u8]> = want.iter_mut().map(|v| v.as_mut_slice()).collect();
+        rs.encode(&srcs, &mut w).expect("cpu");
+        assert!(p == &want, "stripe {i} of {} bytes", lens[i]);
+    }
+    // P+Q 8+2 rebuilds of two data shards, all stripes one pattern: one batch.
+    let pq = Pq::new(8).expect("pq");
+    let code = Code::Pq(pq.clone());
+    let mut stripes: Vec<Vec<Vec<u8>>> = (0..200)
+        .map(|_| {
+            let l = rng.random_range(4096..=32768);
+            let mut v: Vec<Vec<u8>> = (0..10)
+                .map(|_| {
+                    let mut x = vec![0u8; l];
+                    rng.fill(&mut x[..]);
+                    x
+                })
+                .collect();
+            let (d, p) = v.split_at_mut(8);
+            let srcs: Vec<&[u8]> = d.iter().map(|x| x.as_slice()).collect();
+            let (p0, q0) = p.split_at_mut(1);
+            pq.encode(&srcs, &mut p0[0], &mut q0[0]).expect("pq");
+            v
+        })
+        .collect();
+    let want = stripes.clone();
+    let mut q = engine.queue(&code, 0);
+    for s in stripes.iter_mut() {
+        s[2].fill(0);
+        s[6].fill(0);
+        q.push_rebuild(s.iter_mut().map(|v| v.as_mut_slice()).collect(), &[2, 6])
+            .expect("push");
+    }
+    let stats = q.finish().expect("finish");
+    assert_eq!((stats.batches, stats.gpu_batches), (1, 1));
+    assert!(stripes == want, "P+Q rebuilds through the queue");
+    assert_eq!(engine.fallbacks_total(), 0);
+
+    // Zero-copy batch: several pinned stripes of different lengths in one pipeline.
+    let enc = tessera_parity::gpu::Job::Matrix {
+        k: 10,
+        m: 4,
+        rows: rs.generator()[100..].to_vec(),
+    };
+    let lens = [1usize, 4096, 100_003, (3 << 20) + 5, 65_536, 7];
+    let mut pinned: Vec<_> = lens
+        .iter()
+        .map(|&l| {
+            let mut p = gpu.alloc_pinned_shards(14, l).expect("pinned");
+            for i in 0..10 {
+                rng.fill(p.shard_mut(i).expect("shard"));
+            }
+            for i in 10..14 {
+                p.shard_mut(i).expect("shard").fill(0xee);
+            }
+            p
+        })
+        .collect();
+    {
+        let mut refs: Vec<_> = pinned.iter_mut().collect();
+        gpu.run_pinned_many(
+            &[&enc],
+            &mut refs,
+            &(0..10).collect::<Vec<_>>(),
+            &[10, 11, 12, 13],
+            None,
+        )
+        .expect("pinned batch");
+    }
+    for (p, &l) in pinned.iter().zip(&lens) {
+        let srcs: Vec<&[u8]> = (0..10).map(|i| p.shard(i).expect("shard")).collect();
+        let mut want = vec![vec![0u8; l]; 4];
+        let mut w: Vec<&mut [u8]> = want.iter_mut().map(|v| v.as_mut_slice()).collect();
+        rs.encode(&srcs, &mut w).expect("cpu");
+        for (j, w) in want.iter().enumerate() {
+            assert!(
+                p.shard(10 + j).expect("shard") == w.as_slice(),
+                "len {l} parity {j}"
+            );
+        }
+    }
 }

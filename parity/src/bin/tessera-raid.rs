@@ -153,6 +153,9 @@ struct BenchArgs {
     /// Shard sizes of the GPU rows, e.g. "1M,64M".
     #[arg(long, default_value = "1M,64M", value_delimiter = ',', value_parser = parse_size)]
     gpu_sizes: Vec<u64>,
+    /// With --gpu: the tuning sweep instead (matrix kernel split per size, pinned-path chunk).
+    #[arg(long, requires = "gpu")]
+    gpu_explore: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -197,6 +200,11 @@ fn overrides(c: &Common) -> Result<Overrides, ParityError> {
 fn gpu_bench(a: &BenchArgs) -> Result<(), ParityError> {
     let sizes: Vec<usize> = a.gpu_sizes.iter().map(|&s| s as usize).collect();
     let quiet = a.json;
+    if a.gpu_explore {
+        let text = tessera_parity::gpu::bench::explore(&sizes, &|what| eprintln!("bench: {what}"))?;
+        print!("{text}");
+        return Ok(());
+    }
     let report = tessera_parity::gpu::bench::run(&sizes, &|what| {
         if !quiet {
             eprintln!("bench: {what}");

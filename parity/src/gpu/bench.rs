@@ -5,15 +5,21 @@
 //! - kernel "moved" = bytes read + bytes written = (k + m) x shard per operation; its peer is a
 //!   `cuMemcpyDtoD` of (k + m) x shard / 2 bytes, counted the same way (read + write = 2 x size);
 //! - host / cpu / auto rows count data bytes = k x shard per operation (what the caller asked to
-//!   protect); the host row's peer is a pinned H2D copy of the same k x shard bytes.
+//!   protect); the host rows' peer is a pinned H2D copy of the same k x shard bytes, and the
+//!   pageable row is also shown against a parallel CPU memcpy of those bytes into pinned memory
+//!   (its physical limit: pageable memory reaches the GPU only through such a copy).
+//! - kernel and d2d are timed with CUDA events around batches of back-to-back operations, in
+//!   alternating rounds (best round of each), so both see the same clocks.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, result};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, result};
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Code, CudaParity, Engine, GpuBackend, Job, Policy, Route};
+use super::{Code, CudaParity, Engine, GpuBackend, HostShards, Job, Plan, Policy, Route};
 use crate::{Matrix, ParityError, Pq, ReedSolomon, Xor};
 
 #[derive(Debug, Serialize)]
@@ -22,22 +28,38 @@ pub struct GpuRow {
     pub k: usize,
     pub m: usize,
     pub shard_bytes: usize,
-    /// GPU output equals the CPU engine's, byte for byte.
+    /// GPU output equals the CPU engine's, byte for byte (kernel, pageable, pinned, both autos).
     pub equal: bool,
     pub kernel_moved_gbps: f64,
     pub d2d_moved_gbps: f64,
     pub kernel_vs_d2d: f64,
+    /// Host API on the caller's pageable buffers (`GpuBackend::run_host`), data GB/s.
     pub host_data_gbps: f64,
     pub h2d_gbps: f64,
     pub host_vs_h2d: f64,
-    /// Zero-copy host API (shards in engine-allocated pinned memory), data GB/s and vs H2D.
+    /// Parallel CPU memcpy of the k data shards from pageable into pinned memory (all threads).
+    pub memcpy_gbps: f64,
+    pub host_vs_memcpy: f64,
+    /// Zero-copy host API (shards in engine-allocated pinned memory, `run_pinned`), data GB/s.
     pub pinned_data_gbps: f64,
     pub pinned_vs_h2d: f64,
+    /// `run_pinned_many`: this many stripes of the row's shape per call, one pipeline.
+    pub pinned_batch_stripes: usize,
+    pub pinned_batch_gbps: f64,
+    pub pinned_batch_vs_h2d: f64,
     pub cpu_data_gbps: f64,
+    /// The CPU engine on the engine-allocated pinned shards (the same memory autoP works on).
+    pub cpu_pinned_gbps: f64,
+    /// `Engine::encode` / `reconstruct` on pageable buffers.
     pub auto_data_gbps: f64,
     pub auto_route: Route,
     /// auto / max(cpu, host GPU).
     pub auto_vs_best: f64,
+    /// `Engine::encode_shards` / `reconstruct_shards` on engine-allocated (pinned) shards.
+    pub auto_pinned_gbps: f64,
+    pub auto_pinned_route: Route,
+    /// auto pinned / max(cpu on the pinned shards, pinned GPU).
+    pub auto_pinned_vs_best: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,37 +163,120 @@ pub fn run(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<GpuReport, 
     })
 }
 
-fn one_row(
-    gpu: &Arc<CudaParity>,
-    engine: &Engine,
-    stream: &Arc<cudarc::driver::CudaStream>,
-    case: &Case,
-    shard: usize,
-) -> Result<GpuRow, ParityError> {
-    let kd = k_of(case);
-    let n_total = match &case.code {
-        Code::Xor(_) => kd + 1,
-        Code::Pq(_) => kd + 2,
-        Code::Rs(r) => r.k() + r.m(),
-    };
-    // Full stripe on the host: data, then parity from the CPU engine.
-    let mut shards: Vec<Vec<u8>> = (0..n_total)
-        .map(|i| {
-            let mut v = vec![0u8; shard];
-            if i < kd {
-                crate::util::fill_seeded(&mut v, 1000 + i as u64);
-            }
-            v
-        })
-        .collect();
-    {
-        let (d, p) = shards.split_at_mut(kd);
-        let srcs: Vec<&[u8]> = d.iter().map(|v| v.as_slice()).collect();
-        let mut par: Vec<&mut [u8]> = p.iter_mut().map(|v| v.as_mut_slice()).collect();
-        case.code.encode_cpu(&srcs, &mut par)?;
+/// Seconds per operation of `iters` back-to-back operations on `stream`, CUDA events around them.
+fn event_time(
+    stream: &Arc<CudaStream>,
+    iters: usize,
+    f: &mut dyn FnMut() -> Result<(), ParityError>,
+) -> Result<f64, ParityError> {
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream.record_event(flags).map_err(cu)?;
+    for _ in 0..iters {
+        f()?;
     }
-    // The job, its sources and the CPU reference outputs.
-    let (job, src_idx, dst_idx): (Job, Vec<usize>, Vec<usize>) = match &case.lost {
+    let end = stream.record_event(flags).map_err(cu)?;
+    let ms = start.elapsed_ms(&end).map_err(cu)?;
+    Ok(ms as f64 / 1e3 / iters as f64)
+}
+
+/// Kernel of `job` (with `plan`, `None` = the engine's choice) vs a d2d copy of the same bytes
+/// moved, in alternating rounds; returns (kernel s, d2d s, outputs of the last kernel).
+fn kernel_vs_copy(
+    gpu: &CudaParity,
+    stream: &Arc<CudaStream>,
+    job: &Job,
+    plan: Option<Plan>,
+    srcs: &[&[u8]],
+    shard: usize,
+) -> Result<(f64, f64, Vec<Vec<u8>>), ParityError> {
+    let (k, m) = (job.k(), job.m());
+    let dsrc: Vec<CudaSlice<u8>> = srcs
+        .iter()
+        .map(|s| stream.clone_htod(*s).map_err(cu))
+        .collect::<Result<_, _>>()?;
+    let mut ddst: Vec<CudaSlice<u8>> = (0..m)
+        .map(|_| stream.alloc_zeros::<u8>(shard).map_err(cu))
+        .collect::<Result<_, _>>()?;
+    let copy_bytes = ((k + m) * shard / 2).next_multiple_of(256);
+    let csrc = stream.alloc_zeros::<u8>(copy_bytes).map_err(cu)?;
+    let mut cdst = stream.alloc_zeros::<u8>(copy_bytes).map_err(cu)?;
+    let iters = (8usize << 30).div_ceil((k + m) * shard).clamp(3, 400);
+    let mut kernel = || -> Result<(), ParityError> {
+        let mut sp = Vec::with_capacity(k);
+        let mut guards = Vec::new();
+        for s in &dsrc {
+            let (p, g) = s.device_ptr(stream);
+            sp.push(p);
+            guards.push(g);
+        }
+        let mut dp = Vec::with_capacity(m);
+        for d in ddst.iter_mut() {
+            let (p, g) = d.device_ptr_mut(stream);
+            dp.push(p);
+            guards.push(g);
+        }
+        // SAFETY: device buffers of `shard` bytes owned here, used on this stream only.
+        unsafe {
+            match plan {
+                Some(p) => gpu.launch_raw_plan(job, p, &sp, &dp, shard, stream),
+                None => gpu.launch_raw(job, &sp, &dp, shard, stream),
+            }
+        }
+    };
+    let mut copy = || -> Result<(), ParityError> {
+        let (sp, _g1) = csrc.device_ptr(stream);
+        let (dp, _g2) = cdst.device_ptr_mut(stream);
+        // SAFETY: both buffers are copy_bytes long, owned here, used on this stream only.
+        unsafe { result::memcpy_dtod_async(dp, sp, copy_bytes, stream.cu_stream()) }.map_err(cu)
+    };
+    kernel()?; // warm-up: NVRTC compile, module load
+    copy()?;
+    stream.synchronize().map_err(cu)?;
+    let (mut ks, mut cs) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        ks = ks.min(event_time(stream, iters, &mut kernel)?);
+        cs = cs.min(event_time(stream, iters, &mut copy)?);
+    }
+    let outs = ddst
+        .iter()
+        .map(|d| stream.clone_dtoh(d).map_err(cu))
+        .collect::<Result<Vec<_>, _>>()?;
+    // bytes: kernel (k+m) x shard, copy 2 x copy_bytes (read + write): the same within 256 B
+    Ok((
+        ks,
+        cs * ((k + m) * shard) as f64 / (2 * copy_bytes) as f64,
+        outs,
+    ))
+}
+
+/// Parallel copy of the shards into pinned memory (the pageable path's unavoidable first step).
+fn memcpy_rate(gpu: &CudaParity, srcs: &[&[u8]], rounds: usize) -> Result<f64, ParityError> {
+    let shard = srcs.first().map_or(0, |s| s.len());
+    let mut pin = gpu.alloc_pinned_shards(srcs.len(), shard)?;
+    let mut best = f64::MAX;
+    for _ in 0..=rounds {
+        let t = Instant::now();
+        {
+            let all: Vec<usize> = (0..srcs.len()).collect();
+            let (_, mut rows) = pin.split(&[], &all)?;
+            rows.par_iter_mut().zip(srcs.par_iter()).for_each(|(d, s)| {
+                d.par_chunks_mut(1 << 20)
+                    .zip(s.par_chunks(1 << 20))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+            });
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((srcs.len() * shard) as f64 / best / 1e9)
+}
+
+/// The job, sources and outputs of a bench case (lost shards for a reconstruct).
+fn case_job(
+    case: &Case,
+    kd: usize,
+    n_total: usize,
+) -> Result<(Job, Vec<usize>, Vec<usize>), ParityError> {
+    Ok(match &case.lost {
         None => (
             super::Code::encode_job(&case.code, kd),
             (0..kd).collect(),
@@ -192,57 +297,68 @@ fn one_row(
                 dec.lost().to_vec(),
             )
         }
-    };
+    })
+}
+
+fn n_total_of(case: &Case) -> usize {
+    let kd = k_of(case);
+    match &case.code {
+        Code::Xor(_) => kd + 1,
+        Code::Pq(_) => kd + 2,
+        Code::Rs(r) => r.k() + r.m(),
+    }
+}
+
+/// A full stripe (data seeded, parity from the CPU engine).
+fn stripe(case: &Case, shard: usize) -> Result<Vec<Vec<u8>>, ParityError> {
+    let kd = k_of(case);
+    let mut shards: Vec<Vec<u8>> = (0..n_total_of(case))
+        .map(|i| {
+            let mut v = vec![0u8; shard];
+            if i < kd {
+                crate::util::fill_seeded(&mut v, 1000 + i as u64);
+            }
+            v
+        })
+        .collect();
+    let (d, p) = shards.split_at_mut(kd);
+    let srcs: Vec<&[u8]> = d.iter().map(|v| v.as_slice()).collect();
+    let mut par: Vec<&mut [u8]> = p.iter_mut().map(|v| v.as_mut_slice()).collect();
+    case.code.encode_cpu(&srcs, &mut par)?;
+    Ok(shards)
+}
+
+fn pinned_copy(gpu: &CudaParity, shards: &[Vec<u8>]) -> Result<HostShards, ParityError> {
+    let shard = shards.first().map_or(0, |s| s.len());
+    let mut ps = gpu.alloc_pinned_shards(shards.len(), shard)?;
+    for (i, v) in shards.iter().enumerate() {
+        ps.shard_mut(i)?.copy_from_slice(v);
+    }
+    Ok(ps)
+}
+
+fn one_row(
+    gpu: &Arc<CudaParity>,
+    engine: &Engine,
+    stream: &Arc<CudaStream>,
+    case: &Case,
+    shard: usize,
+) -> Result<GpuRow, ParityError> {
+    let kd = k_of(case);
+    let shards = stripe(case, shard)?;
+    let (job, src_idx, dst_idx) = case_job(case, kd, shards.len())?;
     let (k, m) = (job.k(), job.m());
     let srcs: Vec<&[u8]> = src_idx.iter().map(|&i| shards[i].as_slice()).collect();
     let want: Vec<&[u8]> = dst_idx.iter().map(|&i| shards[i].as_slice()).collect();
 
     // --- device-resident kernel vs d2d copy of the same bytes moved
-    let dsrc: Vec<CudaSlice<u8>> = srcs
-        .iter()
-        .map(|s| stream.clone_htod(*s).map_err(cu))
-        .collect::<Result<_, _>>()?;
-    let mut ddst: Vec<CudaSlice<u8>> = (0..m)
-        .map(|_| stream.alloc_zeros::<u8>(shard).map_err(cu))
-        .collect::<Result<_, _>>()?;
+    let (kernel_s, d2d_s, outs) = kernel_vs_copy(gpu, stream, &job, None, &srcs, shard)?;
+    let mut equal = outs.iter().zip(&want).all(|(o, w)| o.as_slice() == *w);
     let moved = ((k + m) * shard) as f64;
-    let iters = (8usize << 30).div_ceil((k + m) * shard).clamp(3, 200);
-    let kernel_s = best_of(
-        3,
-        iters,
-        &mut || {
-            let s: Vec<&CudaSlice<u8>> = dsrc.iter().collect();
-            let mut d: Vec<&mut CudaSlice<u8>> = ddst.iter_mut().collect();
-            gpu.launch(&job, &s, &mut d, shard, stream)
-        },
-        &mut || stream.synchronize().map_err(cu),
-    )?;
-    let mut equal = true;
-    for (j, d) in ddst.iter().enumerate() {
-        let got = stream.clone_dtoh(d).map_err(cu)?;
-        equal &= got.as_slice() == want[j];
-    }
-    let copy_bytes = ((k + m) * shard / 2).next_multiple_of(256);
-    let csrc = stream.alloc_zeros::<u8>(copy_bytes).map_err(cu)?;
-    let mut cdst = stream.alloc_zeros::<u8>(copy_bytes).map_err(cu)?;
-    let d2d_s = best_of(
-        3,
-        iters,
-        &mut || {
-            let (sp, _g1) = csrc.device_ptr(stream);
-            let (dp, _g2) = cdst.device_ptr_mut(stream);
-            // SAFETY: both buffers are copy_bytes long, owned here, used on this stream only.
-            unsafe { result::memcpy_dtod_async(dp, sp, copy_bytes, stream.cu_stream()) }.map_err(cu)
-        },
-        &mut || stream.synchronize().map_err(cu),
-    )?;
-    drop((dsrc, ddst, csrc, cdst));
 
-    // --- pinned H2D of the k data shards
+    // --- pinned H2D of the k data shards (cacheable pinned memory, as the engine's)
     let data_bytes = k * shard;
-    // SAFETY: u8, written before read by the copy below.
-    let mut pin = unsafe { gpu.context().alloc_pinned::<u8>(data_bytes) }.map_err(cu)?;
-    pin.as_mut_slice().map_err(cu)?.fill(1);
+    let pin = super::cuda::pinned_alloc(gpu.context(), data_bytes)?;
     let mut dbuf = stream.alloc_zeros::<u8>(data_bytes).map_err(cu)?;
     let h_iters = (4usize << 30).div_ceil(data_bytes).clamp(2, 100);
     let h2d_s = best_of(
@@ -257,94 +373,149 @@ fn one_row(
         &mut || stream.synchronize().map_err(cu),
     )?;
     drop((pin, dbuf));
+    let memcpy = memcpy_rate(gpu, &srcs, 3)?;
 
-    // --- host end-to-end through the staging lanes, CPU on all cores, auto
+    // --- host end-to-end: pageable (staging lanes), zero-copy pinned
+    let it = h_iters.min(20);
     let mut out: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; shard]).collect();
     let host_s = best_of(
         3,
-        h_iters.min(20),
+        it,
         &mut || {
             let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
             gpu.run_host(&job, &srcs, &mut d, None)
         },
         &mut || Ok(()),
     )?;
-    for (j, o) in out.iter().enumerate() {
-        equal &= o.as_slice() == want[j];
-    }
-    // zero-copy host API on pinned shards
-    let mut ps = gpu.alloc_pinned_shards(n_total, shard)?;
-    for (i, v) in shards.iter().enumerate() {
-        ps.shard_mut(i)?.copy_from_slice(v);
-    }
+    equal &= out.iter().zip(&want).all(|(o, w)| o.as_slice() == *w);
+    let mut ps = pinned_copy(gpu, &shards)?;
     for &d in &dst_idx {
         ps.shard_mut(d)?.fill(0);
     }
     let pinned_s = best_of(
         3,
-        h_iters.min(20),
+        it,
         &mut || gpu.run_pinned(&job, &mut ps, &src_idx, &dst_idx, None),
         &mut || Ok(()),
     )?;
     for (j, &d) in dst_idx.iter().enumerate() {
         equal &= ps.shard(d)? == want[j];
     }
-    drop(ps);
+    // several stripes per call through one pipeline (as many as fit 64 MiB per shard, <= 8)
+    let nb = ((64usize << 20) / shard).clamp(1, 8);
+    let mut batch: Vec<HostShards> = (0..nb)
+        .map(|_| pinned_copy(gpu, &shards))
+        .collect::<Result<_, _>>()?;
+    for b in batch.iter_mut() {
+        for &d in &dst_idx {
+            b.shard_mut(d)?.fill(0);
+        }
+    }
+    let batch_s = best_of(
+        3,
+        it.div_ceil(nb).max(2),
+        &mut || {
+            let mut refs: Vec<&mut HostShards> = batch.iter_mut().collect();
+            gpu.run_pinned_many(&[&job], &mut refs, &src_idx, &dst_idx, None)
+        },
+        &mut || Ok(()),
+    )? / nb as f64;
+    for b in &batch {
+        for (j, &d) in dst_idx.iter().enumerate() {
+            equal &= b.shard(d)? == want[j];
+        }
+    }
+    drop(batch);
     let dec = match &case.lost {
         Some(l) => case.code.decoder(l)?,
         None => None,
     };
-    // CPU and auto alternate round by round (best of 5 each), so that both see the same
-    // machine state; auto runs on the same buffers' shapes as the CPU row.
-    let mut route = Route::Cpu;
+    // CPU and auto on pageable buffers, CPU and auto on the pinned shards, paired: one call of
+    // each in turn, many times (>= 30 calls and ~4 GiB of data each), best call of each; so
+    // all four see the same machine state, and auto is compared with the very code it routes
+    // to on the very same buffers (CPU rebuilds write into `work` as auto does).
+    let (mut route, mut route_p) = (Route::Cpu, Route::Cpu);
     let mut work: Vec<Vec<u8>> = shards.clone();
     let (mut cpu_s, mut auto_s) = (f64::MAX, f64::MAX);
-    let it = h_iters.min(20);
-    for _ in 0..5 {
-        cpu_s = cpu_s.min(best_of(
-            1,
-            it,
-            &mut || {
-                let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                match &dec {
-                    Some(dec) => dec.apply_split_par(&srcs, &mut d),
-                    None => case.code.encode_cpu(&srcs, &mut d),
+    let (mut cpup_s, mut autop_s) = (f64::MAX, f64::MAX);
+    let samples = (4usize << 30).div_ceil(data_bytes).clamp(30, 300);
+    let time1 = |f: &mut dyn FnMut() -> Result<(), ParityError>| {
+        let t = Instant::now();
+        f()?;
+        Ok::<f64, ParityError>(t.elapsed().as_secs_f64())
+    };
+    for i in 0..=samples {
+        let c =
+            time1(&mut || match &dec {
+                Some(dec) => {
+                    let mut slots: Vec<Option<&mut [u8]>> =
+                        work.iter_mut().map(|v| Some(v.as_mut_slice())).collect();
+                    let mut d = Vec::with_capacity(dst_idx.len());
+                    for &l in &dst_idx {
+                        d.push(slots[l].take().ok_or_else(|| {
+                            ParityError::Geometry("lost shard listed twice".into())
+                        })?);
+                    }
+                    let s: Vec<&[u8]> = src_idx
+                        .iter()
+                        .filter_map(|&i| slots[i].take().map(|x| &*x))
+                        .collect();
+                    dec.apply_split_par(&s, &mut d)
                 }
-            },
-            &mut || Ok(()),
-        )?);
-        auto_s = auto_s.min(match &case.lost {
-            None => best_of(
-                1,
-                it,
-                &mut || {
+                None => {
                     let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    route = engine.encode(&case.code, &srcs, &mut d)?;
-                    Ok(())
-                },
-                &mut || Ok(()),
-            )?,
-            Some(lost) => best_of(
-                1,
-                it,
-                &mut || {
+                    case.code.encode_cpu(&srcs, &mut d)
+                }
+            })?;
+        let a = time1(&mut || {
+            route = match &case.lost {
+                None => {
+                    let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    engine.encode(&case.code, &srcs, &mut d)?
+                }
+                Some(lost) => {
                     let mut refs: Vec<&mut [u8]> =
                         work.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    route = engine.reconstruct(&case.code, &mut refs, lost)?;
-                    Ok(())
-                },
-                &mut || Ok(()),
-            )?,
-        });
+                    engine.reconstruct(&case.code, &mut refs, lost)?
+                }
+            };
+            Ok(())
+        })?;
+        let cp = time1(&mut || {
+            let (s, mut d) = ps.split(&src_idx, &dst_idx)?;
+            match &dec {
+                Some(dec) => dec.apply_split_par(&s, &mut d),
+                None => case.code.encode_cpu(&s, &mut d),
+            }
+        })?;
+        let ap = time1(&mut || {
+            route_p = match &case.lost {
+                None => engine.encode_shards(&case.code, &mut ps)?,
+                Some(lost) => engine.reconstruct_shards(&case.code, &mut ps, lost)?,
+            };
+            Ok(())
+        })?;
+        if i > 0 {
+            // call 0 warms up (decoder cache, page faults)
+            cpu_s = cpu_s.min(c);
+            auto_s = auto_s.min(a);
+            cpup_s = cpup_s.min(cp);
+            autop_s = autop_s.min(ap);
+        }
+    }
+    equal &= work == shards;
+    if case.lost.is_none() {
+        equal &= out.iter().zip(&want).all(|(o, w)| o.as_slice() == *w);
+    }
+    for (j, &d) in dst_idx.iter().enumerate() {
+        equal &= ps.shard(d)? == want[j];
     }
     let g = |bytes: f64, s: f64| bytes / s / 1e9;
-    let kernel = g(moved, kernel_s);
-    let d2d = g(2.0 * copy_bytes as f64, d2d_s);
-    let host = g(data_bytes as f64, host_s);
-    let h2d = g(data_bytes as f64, h2d_s);
-    let cpu = g(data_bytes as f64, cpu_s);
-    let pinned = g(data_bytes as f64, pinned_s);
-    let auto = g(data_bytes as f64, auto_s);
+    let db = data_bytes as f64;
+    let (kernel, d2d) = (g(moved, kernel_s), g(moved, d2d_s));
+    let (host, h2d, cpu) = (g(db, host_s), g(db, h2d_s), g(db, cpu_s));
+    let (pinned, auto, autop) = (g(db, pinned_s), g(db, auto_s), g(db, autop_s));
+    let (pbatch, cpup) = (g(db, batch_s), g(db, cpup_s));
     Ok(GpuRow {
         op: case.op.into(),
         k,
@@ -357,25 +528,54 @@ fn one_row(
         host_data_gbps: host,
         h2d_gbps: h2d,
         host_vs_h2d: host / h2d,
+        memcpy_gbps: memcpy,
+        host_vs_memcpy: host / memcpy,
         pinned_data_gbps: pinned,
         pinned_vs_h2d: pinned / h2d,
+        pinned_batch_stripes: nb,
+        pinned_batch_gbps: pbatch,
+        pinned_batch_vs_h2d: pbatch / h2d,
         cpu_data_gbps: cpu,
+        cpu_pinned_gbps: cpup,
         auto_data_gbps: auto,
         auto_route: route,
         auto_vs_best: auto / cpu.max(host),
+        auto_pinned_gbps: autop,
+        auto_pinned_route: route_p,
+        auto_pinned_vs_best: autop / cpup.max(pinned),
     })
+}
+
+fn size_label(b: usize) -> String {
+    if b >= 1 << 20 {
+        format!("{}MiB", b >> 20)
+    } else {
+        format!("{}KiB", b >> 10)
+    }
+}
+
+fn route_label(r: Route) -> &'static str {
+    match r {
+        Route::Cpu => "cpu",
+        Route::Gpu => "gpu",
+    }
 }
 
 pub fn render(r: &GpuReport) -> String {
     let mut s = format!(
         "gpu {}  driver {}  cpu threads {}\n\
-         kernel/d2d: GB/s moved (read+write); host/h2d/pinned/cpu/auto: GB/s of data (k x shard)\n\
-         host = pageable caller buffers staged through pinned lanes; pinned = zero-copy API on\n\
-         engine-allocated pinned shards; auto routes pageable buffers (auto/best: vs max(cpu, host))\n",
+         kernel/d2d: GB/s moved (read+write), CUDA events; all other columns: GB/s of data (k x shard)\n\
+         pageable = run_host on the caller's heap buffers (CPU copies through pinned lanes), vs h2d\n\
+         and vs memcpy (all-thread copy of the same bytes into pinned memory, its ceiling);\n\
+         pinned = run_pinned, zero-copy on engine-allocated pinned shards, vs h2d (pinned H2D);\n\
+         xN = run_pinned_many, N such stripes per call in one pipeline, vs h2d\n\
+         cpu = CPU engine, all threads, pageable buffers; cpuP = the same on the pinned shards\n\
+         auto = Engine on pageable buffers, /best = auto / max(cpu, pageable);\n\
+         autoP = Engine on engine-allocated pinned shards, /best = autoP / max(cpuP, pinned)\n",
         r.gpu, r.driver, r.cpu_threads
     );
     s += &format!(
-        "{:<11} {:>5} {:>6} {:>3} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>8} {:>8} {:>4} {:>6}\n",
+        "{:<10} {:>5} {:>6} {:>3} {:>7} {:>7} {:>5} | {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>5} {:>3} {:>5} | {:>6} {:>6} | {:>6} {:>3} {:>5} | {:>6} {:>3} {:>5}\n",
         "op",
         "k+m",
         "shard",
@@ -383,27 +583,30 @@ pub fn render(r: &GpuReport) -> String {
         "kernel",
         "d2d",
         "ratio",
-        "host",
+        "pageab",
         "h2d",
-        "ratio",
+        "/h2d",
+        "memcpy",
+        "/mcpy",
         "pinned",
-        "ratio",
+        "/h2d",
+        "xN",
+        "/h2d",
         "cpu",
+        "cpuP",
         "auto",
+        "to",
+        "/best",
+        "autoP",
         "to",
         "/best"
     );
     for w in &r.rows {
-        let shard = if w.shard_bytes >= 1 << 20 {
-            format!("{}MiB", w.shard_bytes >> 20)
-        } else {
-            format!("{}KiB", w.shard_bytes >> 10)
-        };
         s += &format!(
-            "{:<11} {:>5} {:>6} {:>3} {:>9.1} {:>9.1} {:>6.2} {:>8.1} {:>8.1} {:>6.2} {:>8.1} {:>6.2} {:>8.1} {:>8.1} {:>4} {:>6.2}\n",
+            "{:<10} {:>5} {:>6} {:>3} {:>7.0} {:>7.0} {:>5.2} | {:>6.1} {:>6.1} {:>5.2} {:>6.1} {:>5.2} | {:>6.1} {:>5.2} {:>3} {:>5.2} | {:>6.1} {:>6.1} | {:>6.1} {:>3} {:>5.2} | {:>6.1} {:>3} {:>5.2}\n",
             w.op,
             format!("{}+{}", w.k, w.m),
-            shard,
+            size_label(w.shard_bytes),
             if w.equal { "ok" } else { "BAD" },
             w.kernel_moved_gbps,
             w.d2d_moved_gbps,
@@ -411,16 +614,160 @@ pub fn render(r: &GpuReport) -> String {
             w.host_data_gbps,
             w.h2d_gbps,
             w.host_vs_h2d,
+            w.memcpy_gbps,
+            w.host_vs_memcpy,
             w.pinned_data_gbps,
             w.pinned_vs_h2d,
+            format!("x{}", w.pinned_batch_stripes),
+            w.pinned_batch_vs_h2d,
             w.cpu_data_gbps,
+            w.cpu_pinned_gbps,
             w.auto_data_gbps,
-            match w.auto_route {
-                Route::Cpu => "cpu",
-                Route::Gpu => "gpu",
-            },
-            w.auto_vs_best
+            route_label(w.auto_route),
+            w.auto_vs_best,
+            w.auto_pinned_gbps,
+            route_label(w.auto_pinned_route),
+            w.auto_pinned_vs_best
         );
     }
     s
+}
+
+/// `tessera-raid bench --gpu --gpu-explore`: the tuning sweep behind the engine's choices
+/// (matrix kernel split per size, pinned-path chunk, batching of small stripes), as a table.
+pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String, ParityError> {
+    let gpu = Arc::new(CudaParity::open(0)?);
+    let stream = gpu.stream().clone();
+    let mut s = format!("gpu {}  sms {}\n", gpu.info().name, gpu.sms());
+    s += "kernel plans: GB/s moved, ratio to d2d of the same bytes (events, best of 5); 'auto' = Plan::choose\n";
+    let all = cases()?;
+    for case in &all {
+        let kd = k_of(case);
+        for &shard in shard_sizes {
+            progress(&format!("explore kernel {} {kd} {shard}", case.op));
+            let shards = stripe(case, shard)?;
+            let (job, src_idx, dst_idx) = case_job(case, kd, shards.len())?;
+            let srcs: Vec<&[u8]> = src_idx.iter().map(|&i| shards[i].as_slice()).collect();
+            let moved = ((job.k() + job.m()) * shard) as f64;
+            let p = |split, preload, select| {
+                Some(Plan {
+                    split,
+                    preload,
+                    select,
+                })
+            };
+            let plans: Vec<Option<Plan>> = match job {
+                Job::Matrix { .. } => vec![
+                    None,
+                    p(1, false, false),
+                    p(1, true, false),
+                    p(1, true, true),
+                    p(2, false, false),
+                    p(2, true, false),
+                    p(2, true, true),
+                    p(3, true, true),
+                ],
+                _ => vec![None],
+            };
+            let mut line = format!(
+                "{:<10} {:>5} {:>6}",
+                case.op,
+                format!("{}+{}", job.k(), job.m()),
+                size_label(shard)
+            );
+            for plan in plans {
+                let (ks, cs, outs) = kernel_vs_copy(&gpu, &stream, &job, plan, &srcs, shard)?;
+                let ok = outs
+                    .iter()
+                    .zip(&dst_idx)
+                    .all(|(o, &d)| o.as_slice() == shards[d].as_slice());
+                let pl = plan.unwrap_or_else(|| Plan::choose(&job, shard, gpu.sms()));
+                let (regs, blocks, threads) = gpu.kernel_info(&job, pl)?;
+                let name = format!(
+                    "{}s{}{}{}[r{regs} b{blocks}x{threads}]",
+                    if plan.is_none() { "auto:" } else { "" },
+                    pl.split,
+                    if pl.preload { "p" } else { "" },
+                    if pl.select { "t" } else { "" },
+                );
+                line += &format!(
+                    "\n    {name} {:.0}/{:.0}={:.2}{}",
+                    moved / ks / 1e9,
+                    moved / cs / 1e9,
+                    cs / ks,
+                    if ok { "" } else { " BAD" }
+                );
+            }
+            s += &line;
+            s += "\n";
+        }
+    }
+    s += "pinned path: data GB/s by chunk (bytes per shard per launch), vs pinned H2D of the same bytes\n";
+    for case in all.iter().filter(|c| c.lost.is_none()) {
+        let kd = k_of(case);
+        for &shard in shard_sizes {
+            progress(&format!("explore pinned {} {kd} {shard}", case.op));
+            let shards = stripe(case, shard)?;
+            let (job, src_idx, dst_idx) = case_job(case, kd, shards.len())?;
+            let data_bytes = job.k() * shard;
+            let pin = super::cuda::pinned_alloc(gpu.context(), data_bytes)?;
+            let mut dbuf = stream.alloc_zeros::<u8>(data_bytes).map_err(cu)?;
+            let h2d = best_of(
+                3,
+                10,
+                &mut || {
+                    let (dp, _g) = dbuf.device_ptr_mut(&stream);
+                    let src = pin.as_slice().map_err(cu)?;
+                    // SAFETY: dbuf holds data_bytes; the pinned buffer outlives the sync.
+                    unsafe { result::memcpy_htod_async(dp, src, stream.cu_stream()) }.map_err(cu)
+                },
+                &mut || stream.synchronize().map_err(cu),
+            )?;
+            drop((pin, dbuf));
+            let mut ps = pinned_copy(&gpu, &shards)?;
+            let mut line = format!(
+                "{:<10} {:>5} {:>6} h2d {:.1}",
+                case.op,
+                format!("{}+{}", job.k(), job.m()),
+                size_label(shard),
+                data_bytes as f64 / h2d / 1e9
+            );
+            let def = CudaParity::pinned_chunk(shard, usize::MAX);
+            for div in [0usize, 1, 2, 4, 8, 16] {
+                let chunk = shard.checked_div(div).unwrap_or(def);
+                if chunk < 4096 {
+                    continue;
+                }
+                let t = best_of(
+                    3,
+                    10,
+                    &mut || {
+                        gpu.run_pinned_chunked(
+                            &[&job],
+                            &mut [&mut ps],
+                            &src_idx,
+                            &dst_idx,
+                            None,
+                            Some(chunk),
+                        )
+                    },
+                    &mut || Ok(()),
+                )?;
+                let ok = dst_idx
+                    .iter()
+                    .all(|&d| ps.shard(d).is_ok_and(|x| x == shards[d].as_slice()));
+                line += &format!(
+                    "  {}{} {:.1}={:.2}{}",
+                    if div == 0 { "default:" } else { "" },
+                    size_label(chunk),
+                    data_bytes as f64 / t / 1e9,
+                    h2d / t,
+                    if ok { "" } else { " BAD" }
+                );
+            }
+            s += &line;
+            s += "\n";
+        }
+    }
+    Ok(s)
 }

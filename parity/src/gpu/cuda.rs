@@ -1,6 +1,7 @@
 //! The CUDA backend: cudarc with dynamic loading (no link-time CUDA), kernels from NVRTC.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdeviceptr;
@@ -10,8 +11,8 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
-use super::source::{Job, MAX_DST, MAX_SRC};
-use super::{GpuBackend, GpuInfo, STAGING_LANES};
+use super::source::{Job, MAX_DST, MAX_SRC, Plan};
+use super::{GpuBackend, GpuInfo, HostShards, STAGING_LANES, ShardStorage};
 use crate::ParityError;
 
 /// Kernel parameter block, by value (`struct Params` of the CUDA source).
@@ -52,7 +53,8 @@ pub struct CudaParity {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     lanes: Mutex<Vec<Lane>>,
-    funcs: Mutex<HashMap<String, CudaFunction>>,
+    funcs: Mutex<HashMap<Job, Vec<(Plan, CudaFunction)>>>,
+    fault: AtomicU8,
     info: GpuInfo,
     sms: u32,
     arch: String,
@@ -121,6 +123,7 @@ impl CudaParity {
             stream,
             lanes: Mutex::new(lanes),
             funcs: Mutex::new(HashMap::new()),
+            fault: AtomicU8::new(0),
             info,
             sms,
             arch: format!("compute_{maj}{min}"),
@@ -136,17 +139,53 @@ impl CudaParity {
         &self.stream
     }
 
-    /// The kernel of `job`, compiled by NVRTC on first use and cached per shape.
+    /// Streaming multiprocessors of the device.
+    pub fn sms(&self) -> u32 {
+        self.sms
+    }
+
+    /// Makes later operations fail with a genuine CUDA error (tests of the fallback path):
+    /// [`Fault::Launch`] launches with an invalid block shape (the driver answers
+    /// `CUDA_ERROR_INVALID_VALUE`), [`Fault::Alloc`] asks the driver for an impossible staging
+    /// allocation (`CUDA_ERROR_OUT_OF_MEMORY`). Neither error is sticky: after
+    /// `inject_fault(None)` the context works again.
+    pub fn inject_fault(&self, fault: Option<Fault>) {
+        let v = match fault {
+            None => 0,
+            Some(Fault::Launch) => 1,
+            Some(Fault::Alloc) => 2,
+        };
+        self.fault.store(v, Ordering::SeqCst);
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        match self.fault.load(Ordering::Relaxed) {
+            1 => Some(Fault::Launch),
+            2 => Some(Fault::Alloc),
+            _ => None,
+        }
+    }
+
+    /// The kernel of `job` with the default plan (compiled by NVRTC on first use, cached).
     pub fn function(&self, job: &Job) -> Result<CudaFunction, ParityError> {
-        job.check()?;
-        let key = job.key();
+        self.function_plan(job, Plan::PLAIN)
+    }
+
+    /// The kernel of `job` for `plan`, compiled by NVRTC on first use and cached per shape and
+    /// plan (the lookup hashes the job, no string is built per launch).
+    pub fn function_plan(&self, job: &Job, plan: Plan) -> Result<CudaFunction, ParityError> {
+        let plan = normalise(job, plan);
         let mut funcs = self
             .funcs
             .lock()
             .map_err(|_| ParityError::Gpu("kernel cache lock poisoned".into()))?;
-        if let Some(f) = funcs.get(&key) {
-            return Ok(f.clone());
+        if let Some(f) = funcs
+            .get(job)
+            .and_then(|v| v.iter().find(|(p, _)| *p == plan))
+        {
+            return Ok(f.1.clone());
         }
+        job.check()?;
         let t = std::time::Instant::now();
         let opts = cudarc::nvrtc::CompileOptions {
             options: vec![
@@ -155,16 +194,21 @@ impl CudaParity {
             ],
             ..Default::default()
         };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(job.source(), opts)
-            .map_err(|e| ParityError::Gpu(format!("NVRTC ({key}): {e}")))?;
+        let key = job.key();
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(job.source_with(plan), opts)
+            .map_err(|e| ParityError::Gpu(format!("NVRTC ({key}, {plan:?}): {e}")))?;
         let module = self.ctx.load_module(ptx).map_err(cu)?;
         let f = module.load_function(job.entry()).map_err(cu)?;
-        tracing::debug!("compiled {key} in {:?}", t.elapsed());
-        funcs.insert(key, f.clone());
+        tracing::debug!("compiled {key} {plan:?} in {:?}", t.elapsed());
+        funcs
+            .entry(job.clone())
+            .or_default()
+            .push((plan, f.clone()));
         Ok(f)
     }
 
-    /// Launches `job` on raw device pointers: `dsts[j]` (len bytes) = output j of `srcs`.
+    /// Launches `job` on raw device pointers: `dsts[j]` (len bytes) = output j of `srcs`, with
+    /// the plan [`Plan::choose`] picks for this size.
     ///
     /// # Safety
     /// Every pointer must address `len` bytes of device memory of this context, valid until the
@@ -177,7 +221,24 @@ impl CudaParity {
         len: usize,
         stream: &CudaStream,
     ) -> Result<(), ParityError> {
-        job.check()?;
+        let plan = Plan::choose(job, len, self.sms);
+        // SAFETY: same contract.
+        unsafe { self.launch_raw_plan(job, plan, srcs, dsts, len, stream) }
+    }
+
+    /// [`CudaParity::launch_raw`] with an explicit plan (tuning, tests).
+    ///
+    /// # Safety
+    /// As [`CudaParity::launch_raw`].
+    pub unsafe fn launch_raw_plan(
+        &self,
+        job: &Job,
+        plan: Plan,
+        srcs: &[CUdeviceptr],
+        dsts: &[CUdeviceptr],
+        len: usize,
+        stream: &CudaStream,
+    ) -> Result<(), ParityError> {
         if srcs.len() != job.k() || dsts.len() != job.m() {
             return Err(ParityError::Geometry(format!(
                 "{} sources and {} outputs given, job needs {} and {}",
@@ -195,8 +256,8 @@ impl CudaParity {
         if len == 0 {
             return Ok(());
         }
-        let items = (len / job.unit()).max(1) as u64;
-        let f = self.function(job)?;
+        let plan = normalise(job, plan);
+        let f = self.function_plan(job, plan)?;
         let mut p = Params {
             src: [0; MAX_SRC],
             dst: [0; MAX_DST],
@@ -204,13 +265,25 @@ impl CudaParity {
         };
         p.src[..srcs.len()].copy_from_slice(srcs);
         p.dst[..dsts.len()].copy_from_slice(dsts);
+        let items = (len / job.unit()).max(1) as u64;
+        let (bx, by) = if plan.split > 1 {
+            (plan.block_x(job.m()) as u32, plan.split as u32)
+        } else {
+            (256, 1)
+        };
         // Enough blocks to fill every SM several times; grid-stride beyond that.
-        let blocks = items.div_ceil(256).clamp(1, self.sms as u64 * 8) as u32;
-        let cfg = LaunchConfig {
+        let blocks = items
+            .div_ceil(bx as u64)
+            .clamp(1, self.sms as u64 * (16 / by as u64).max(4)) as u32;
+        let mut cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (bx, by, 1),
             shared_mem_bytes: 0,
         };
+        if self.fault() == Some(Fault::Launch) {
+            // More threads per block than any CUDA device allows: the driver refuses the launch.
+            cfg.block_dim = (4096, 1, 1);
+        }
         let mut b = stream.launch_builder(&f);
         b.arg(&p);
         // SAFETY: the parameter block matches the kernel signature; pointers per the contract.
@@ -260,6 +333,12 @@ impl CudaParity {
 
     /// Makes every lane's buffers at least `bytes` long.
     fn grow(&self, lanes: &mut [Lane], bytes: usize) -> Result<(), ParityError> {
+        if self.fault() == Some(Fault::Alloc) {
+            // An allocation no device has room for: the driver answers CUDA_ERROR_OUT_OF_MEMORY.
+            // SAFETY: never used; dropped (freed) at once if the driver ever grants it.
+            let huge = unsafe { lanes[0].stream.alloc::<u8>(1 << 52) }.map_err(cu)?;
+            drop(huge);
+        }
         for l in lanes.iter_mut() {
             if l.dev.as_ref().is_none_or(|d| d.len() < bytes) {
                 l.stream.synchronize().map_err(cu)?;
@@ -267,70 +346,188 @@ impl CudaParity {
                 l.pinned = None;
                 // SAFETY: u8 has no invalid values; staging is written before it is read.
                 l.dev = Some(unsafe { l.stream.alloc::<u8>(bytes) }.map_err(cu)?);
-                // SAFETY: as above.
-                l.pinned = Some(unsafe { self.ctx.alloc_pinned::<u8>(bytes) }.map_err(cu)?);
+                l.pinned = Some(pinned_alloc(&self.ctx, bytes)?);
             }
         }
         Ok(())
     }
 }
 
-/// n shards of `len` bytes in one pinned (page-locked) host buffer, allocated by the engine: the
-/// zero-copy host API ([`CudaParity::run_pinned`]) DMAs straight from and into it.
-pub struct PinnedShards {
-    buf: PinnedHostSlice<u8>,
-    n: usize,
-    len: usize,
-    stride: usize,
+/// A genuine CUDA failure to inject ([`CudaParity::inject_fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Kernel launches are refused by the driver (invalid block shape).
+    Launch,
+    /// Staging allocations fail in the driver (out of device memory).
+    Alloc,
 }
 
-impl PinnedShards {
-    pub fn count(&self) -> usize {
-        self.n
+/// The split of a matrix job never exceeds its source count or [`Plan::MAX_SPLIT`]; other
+/// jobs always run one group.
+fn normalise(job: &Job, plan: Plan) -> Plan {
+    match job {
+        Job::Matrix { k, .. } => Plan {
+            split: plan.split.clamp(1, Plan::MAX_SPLIT.min(*k)),
+            ..plan
+        },
+        _ => Plan::PLAIN,
     }
-    pub fn shard_len(&self) -> usize {
-        self.len
+}
+
+/// Page-locked, cacheable host memory. (cudarc's `alloc_pinned` asks for write-combined memory,
+/// which the CPU reads at a fraction of the normal rate: wrong for staging that is copied out
+/// and for shards the caller reads.)
+pub(super) fn pinned_alloc(
+    ctx: &Arc<CudaContext>,
+    bytes: usize,
+) -> Result<PinnedHostSlice<u8>, ParityError> {
+    // SAFETY: u8 has no invalid values; callers write before they read.
+    unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.map_err(cu)
+}
+
+/// Consecutive runs of `idx`: (position in idx, first shard, count) with shard numbers
+/// increasing by one inside a run, so that one 2D copy moves a whole run.
+pub(super) fn runs(idx: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut out: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, &s) in idx.iter().enumerate() {
+        match out.last_mut() {
+            Some((_, first, n)) if *first + *n == s => *n += 1,
+            _ => out.push((i, s, 1)),
+        }
     }
-    pub fn shard(&self, i: usize) -> Result<&[u8], ParityError> {
-        let s = self.buf.as_slice().map_err(cu)?;
-        Ok(&s[i * self.stride..i * self.stride + self.len])
-    }
-    pub fn shard_mut(&mut self, i: usize) -> Result<&mut [u8], ParityError> {
-        let (st, len) = (self.stride, self.len);
-        let s = self.buf.as_mut_slice().map_err(cu)?;
-        Ok(&mut s[i * st..i * st + len])
-    }
+    out
+}
+
+/// Rows of a pitched (2D) copy: `height` rows of `width` bytes, at `pitch` apart on each side.
+#[derive(Clone, Copy)]
+struct Rows {
+    host: *mut u8,
+    host_pitch: usize,
+    dev: CUdeviceptr,
+    dev_pitch: usize,
+    width: usize,
+    height: usize,
+}
+
+/// One pitched copy between pinned host rows and device rows.
+///
+/// # Safety
+/// Host and device ranges must be valid for the rows at their pitches until the copy
+/// completes on `stream`.
+unsafe fn copy_2d(to_device: bool, r: Rows, stream: &CudaStream) -> Result<(), ParityError> {
+    use cudarc::driver::sys::{CUDA_MEMCPY2D, CUmemorytype};
+    let (host_t, dev_t) = (
+        CUmemorytype::CU_MEMORYTYPE_HOST,
+        CUmemorytype::CU_MEMORYTYPE_DEVICE,
+    );
+    let c = CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: if to_device { host_t } else { dev_t },
+        srcHost: r.host as *const std::ffi::c_void,
+        srcDevice: r.dev,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: if to_device { r.host_pitch } else { r.dev_pitch },
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: if to_device { dev_t } else { host_t },
+        dstHost: r.host as *mut std::ffi::c_void,
+        dstDevice: r.dev,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: if to_device { r.dev_pitch } else { r.host_pitch },
+        WidthInBytes: r.width,
+        Height: r.height,
+    };
+    // SAFETY: per the contract; the struct lives until the call returns (the driver copies it).
+    unsafe { cudarc::driver::sys::cuMemcpy2DAsync_v2(&c, stream.cu_stream()) }
+        .result()
+        .map_err(cu)
 }
 
 impl CudaParity {
-    /// Allocates `n` pinned shards of `len` bytes (zeroed).
-    pub fn alloc_pinned_shards(&self, n: usize, len: usize) -> Result<PinnedShards, ParityError> {
+    /// Allocates `n` pinned shards of `len` bytes (zeroed), for the zero-copy host API.
+    pub fn alloc_pinned_shards(&self, n: usize, len: usize) -> Result<HostShards, ParityError> {
         let stride = len.max(1).next_multiple_of(4096);
-        // SAFETY: u8 has no invalid values; zeroed right below.
-        let mut buf = unsafe { self.ctx.alloc_pinned::<u8>(n * stride) }.map_err(cu)?;
+        let mut buf = pinned_alloc(&self.ctx, n * stride)?;
         buf.as_mut_slice().map_err(cu)?.fill(0);
-        Ok(PinnedShards {
-            buf,
+        Ok(HostShards::from_storage(
+            ShardStorage::Pinned(buf),
             n,
             len,
             stride,
-        })
+        ))
     }
 
     /// Zero-copy host API: outputs `dst_idx` of `shards` from sources `src_idx`, with no CPU
     /// copies: chunks go H2D straight from the pinned shards, through the kernel, and D2H
     /// straight back, round-robin over the staging lanes so the H2D engine, the kernels and the
-    /// D2H engine work on different chunks at once.
+    /// D2H engine work on different chunks at once. One pitched (2D) copy per run of
+    /// consecutive shards and direction, so a chunk costs a handful of driver calls whatever k.
     pub fn run_pinned(
         &self,
         job: &Job,
-        shards: &mut PinnedShards,
+        shards: &mut HostShards,
         src_idx: &[usize],
         dst_idx: &[usize],
         max_vram: Option<u64>,
     ) -> Result<(), ParityError> {
-        job.check()?;
-        let (k, m) = (job.k(), job.m());
+        self.run_pinned_chunked(&[job], &mut [shards], src_idx, dst_idx, max_vram, None)
+    }
+
+    /// [`CudaParity::run_pinned`] over several stripes in one pipeline: stripe i runs `jobs[i]`
+    /// (or `jobs[0]` when one job is given; all jobs of one shape k+m), its chunks follow the
+    /// previous stripe's through the lanes with no synchronisation in between, so the
+    /// pipeline's fill and drain are paid once per call instead of once per stripe (small
+    /// stripes batched into back-to-back launches without any CPU copy).
+    pub fn run_pinned_many(
+        &self,
+        jobs: &[&Job],
+        stripes: &mut [&mut HostShards],
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        max_vram: Option<u64>,
+    ) -> Result<(), ParityError> {
+        self.run_pinned_chunked(jobs, stripes, src_idx, dst_idx, max_vram, None)
+    }
+
+    /// The chunk (bytes per shard per launch) of the zero-copy path: up to 8 chunks per stripe
+    /// (H2D, kernel and D2H overlap; fill and drain are ~1/8 of the transfer), none under
+    /// 512 KiB per shard (measured on an H200: smaller chunks lose more to per-copy costs than
+    /// they gain in overlap) nor over the lane's room.
+    pub fn pinned_chunk(len: usize, cap: usize) -> usize {
+        (len / 8)
+            .next_multiple_of(4096)
+            .clamp(512 << 10, cap.max(4096))
+            .min(len.next_multiple_of(256))
+    }
+
+    /// [`CudaParity::run_pinned_many`] with an explicit chunk size (tuning).
+    pub fn run_pinned_chunked(
+        &self,
+        jobs: &[&Job],
+        stripes: &mut [&mut HostShards],
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        max_vram: Option<u64>,
+        chunk: Option<usize>,
+    ) -> Result<(), ParityError> {
+        let Some(job0) = jobs.first() else {
+            return Err(ParityError::Geometry("no job given".into()));
+        };
+        if jobs.len() != 1 && jobs.len() != stripes.len() {
+            return Err(ParityError::Geometry(format!(
+                "{} jobs for {} stripes",
+                jobs.len(),
+                stripes.len()
+            )));
+        }
+        let (k, m) = (job0.k(), job0.m());
+        for j in jobs {
+            j.check()?;
+            if (j.k(), j.m()) != (k, m) {
+                return Err(ParityError::Geometry("jobs of different shapes".into()));
+            }
+        }
         if src_idx.len() != k || dst_idx.len() != m {
             return Err(ParityError::Geometry(format!(
                 "{} sources and {} outputs named, job needs {k} and {m}",
@@ -338,17 +535,19 @@ impl CudaParity {
                 dst_idx.len()
             )));
         }
-        if let Some(i) = src_idx.iter().chain(dst_idx).find(|&&i| i >= shards.n) {
-            return Err(ParityError::Geometry(format!(
-                "shard {i} out of range 0..{}",
-                shards.n
-            )));
+        for sh in stripes.iter() {
+            let n_shards = sh.count();
+            if let Some(i) = src_idx.iter().chain(dst_idx).find(|&&i| i >= n_shards) {
+                return Err(ParityError::Geometry(format!(
+                    "shard {i} out of range 0..{n_shards}"
+                )));
+            }
         }
         if dst_idx.iter().any(|d| src_idx.contains(d)) {
             return Err(ParityError::Geometry("an output is also a source".into()));
         }
-        let len = shards.len;
-        if len == 0 {
+        let len_max = stripes.iter().map(|s| s.shard_len()).max().unwrap_or(0);
+        if len_max == 0 {
             return Ok(());
         }
         let lane_bytes =
@@ -359,63 +558,116 @@ impl CudaParity {
                 "maxVramBytes {lane_bytes} per lane is too small for {k}+{m} shards"
             )));
         }
-        // Several chunks per call so that transfers and kernels overlap; large enough launches.
-        let chunk = (len / 8)
-            .next_multiple_of(4096)
-            .clamp(256 << 10, cap)
-            .min(len.next_multiple_of(256));
+        let chunk = chunk
+            .map_or_else(|| Self::pinned_chunk(len_max, cap), |c| c.clamp(4096, cap))
+            .min(len_max.next_multiple_of(256));
         let cstride = chunk.next_multiple_of(256);
+        // (host base, stride, len) of every stripe
+        let mut hosts = Vec::with_capacity(stripes.len());
+        for sh in stripes.iter_mut() {
+            let (st, len) = (sh.stride(), sh.shard_len());
+            match sh.storage_mut() {
+                ShardStorage::Pinned(buf) => hosts.push((buf.as_mut_ptr().map_err(cu)?, st, len)),
+                ShardStorage::Heap(_) => {
+                    return Err(ParityError::Geometry(
+                        "run_pinned needs engine-allocated pinned shards".into(),
+                    ));
+                }
+            }
+        }
+        let src_runs = runs(src_idx);
+        let dst_runs = runs(dst_idx);
         let mut lanes = self
             .lanes
             .lock()
             .map_err(|_| ParityError::Gpu("staging lock poisoned".into()))?;
         self.grow(&mut lanes, (k + m) * cstride)?;
         let nl = lanes.len();
-        let st = shards.stride;
-        let host = shards.buf.as_mut_slice().map_err(cu)?;
-        let hp = host.as_mut_ptr();
-        for c in 0..len.div_ceil(chunk) {
-            let lane = &mut lanes[c % nl];
-            // The lane's device buffer is reused: its previous chunk must be done.
-            if c >= nl {
-                lane.stream.synchronize().map_err(cu)?;
-            }
-            let off = c * chunk;
-            let n = chunk.min(len - off);
-            let stream = lane.stream.clone();
-            let dev = lane
-                .dev
-                .as_mut()
-                .ok_or_else(|| ParityError::Gpu("lane without staging".into()))?;
-            let (base, _g) = dev.device_ptr_mut(&stream);
-            // SAFETY: every host range is inside the pinned buffer (index < n shards, off + n <=
-            // len <= stride) and outputs are disjoint from sources (checked); device ranges are
-            // inside the lane's (k+m)*cstride buffer; all copies complete before this function
-            // returns (final synchronisation) while `shards` stays mutably borrowed.
-            unsafe {
-                for (i, &s) in src_idx.iter().enumerate() {
-                    let src = std::slice::from_raw_parts(hp.add(s * st + off), n);
-                    result::memcpy_htod_async(base + (i * cstride) as u64, src, stream.cu_stream())
-                        .map_err(cu)?;
+        let mut sp = vec![0u64; k];
+        let mut dp = vec![0u64; m];
+        let mut c = 0usize; // chunks issued, over all stripes
+        let result = (|| {
+            for (si, &(hp, st, len)) in hosts.iter().enumerate() {
+                let job = jobs.get(si).unwrap_or(job0);
+                for off in (0..len).step_by(chunk) {
+                    let lane = &mut lanes[c % nl];
+                    // The lane's device buffer is reused: its previous chunk must be done.
+                    if c >= nl {
+                        lane.stream.synchronize().map_err(cu)?;
+                    }
+                    c += 1;
+                    let n = chunk.min(len - off);
+                    let stream = lane.stream.clone();
+                    let dev = lane
+                        .dev
+                        .as_mut()
+                        .ok_or_else(|| ParityError::Gpu("lane without staging".into()))?;
+                    let (base, _g) = dev.device_ptr_mut(&stream);
+                    for (i, p) in sp.iter_mut().enumerate() {
+                        *p = base + (i * cstride) as u64;
+                    }
+                    for (j, p) in dp.iter_mut().enumerate() {
+                        *p = base + ((k + j) * cstride) as u64;
+                    }
+                    // SAFETY: every host row is inside its stripe's pinned buffer (index < its
+                    // shard count, off + n <= len <= stride), device rows inside the lane's
+                    // (k+m)*cstride buffer; outputs are disjoint from sources (checked); all
+                    // copies complete before this function returns (final synchronisation)
+                    // while the stripes stay mutably borrowed.
+                    unsafe {
+                        for &(pos, first, cnt) in &src_runs {
+                            let rows = Rows {
+                                host: hp.add(first * st + off),
+                                host_pitch: st,
+                                dev: sp[pos],
+                                dev_pitch: cstride,
+                                width: n,
+                                height: cnt,
+                            };
+                            copy_2d(true, rows, &stream)?;
+                        }
+                        self.launch_raw(job, &sp, &dp, n, &stream)?;
+                        for &(pos, first, cnt) in &dst_runs {
+                            let rows = Rows {
+                                host: hp.add(first * st + off),
+                                host_pitch: st,
+                                dev: dp[pos],
+                                dev_pitch: cstride,
+                                width: n,
+                                height: cnt,
+                            };
+                            copy_2d(false, rows, &stream)?;
+                        }
+                    }
                 }
-                let sp: Vec<u64> = (0..k).map(|i| base + (i * cstride) as u64).collect();
-                let dp: Vec<u64> = (0..m).map(|j| base + ((k + j) * cstride) as u64).collect();
-                self.launch_raw(job, &sp, &dp, n, &stream)?;
-                for (j, &d) in dst_idx.iter().enumerate() {
-                    let dst = std::slice::from_raw_parts_mut(hp.add(d * st + off), n);
-                    result::memcpy_dtoh_async(
-                        dst,
-                        base + ((k + j) * cstride) as u64,
-                        stream.cu_stream(),
-                    )
-                    .map_err(cu)?;
-                }
             }
-        }
+            Ok(())
+        })();
+        // Always drain the lanes, also after an error: queued copies still use the shards.
+        let mut synced = Ok(());
         for l in lanes.iter() {
-            l.stream.synchronize().map_err(cu)?;
+            if let Err(e) = l.stream.synchronize() {
+                synced = Err(cu(e));
+            }
         }
-        Ok(())
+        result.and(synced)
+    }
+
+    /// Registers per thread, resident blocks per SM and threads per block of a job's kernel
+    /// for `plan` (tuning reports).
+    pub fn kernel_info(&self, job: &Job, plan: Plan) -> Result<(i32, u32, u32), ParityError> {
+        let plan = normalise(job, plan);
+        let f = self.function_plan(job, plan)?;
+        let threads = if plan.split > 1 {
+            (plan.block_x(job.m()) * plan.split) as u32
+        } else {
+            256
+        };
+        let regs = f.num_regs().map_err(cu)?;
+        let blocks = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .map_err(cu)?;
+        Ok((regs, blocks, threads))
     }
 }
 
@@ -430,6 +682,26 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
 impl GpuBackend for CudaParity {
     fn info(&self) -> GpuInfo {
         self.info.clone()
+    }
+
+    fn alloc_shards(&self, n: usize, len: usize) -> Result<HostShards, ParityError> {
+        self.alloc_pinned_shards(n, len)
+    }
+
+    fn run_shards(
+        &self,
+        job: &Job,
+        shards: &mut HostShards,
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        max_vram: Option<u64>,
+    ) -> Result<(), ParityError> {
+        if shards.is_pinned() {
+            self.run_pinned(job, shards, src_idx, dst_idx, max_vram)
+        } else {
+            let (srcs, mut dsts) = shards.split(src_idx, dst_idx)?;
+            self.run_host(job, &srcs, &mut dsts, max_vram)
+        }
     }
 
     /// Host API: chunks of every shard go host -> pinned (parallel memcpy) -> device (async H2D)
@@ -474,7 +746,12 @@ impl GpuBackend for CudaParity {
                 "maxVramBytes {lane_bytes} per lane is too small for {k}+{m} shards"
             )));
         }
-        let chunk = chunk_cap.min(len.next_multiple_of(256));
+        // Several chunks per call so that one chunk's CPU copies overlap the others' transfers
+        // and kernels (a single chunk serialises copy-in, H2D, kernel, D2H and copy-out).
+        let chunk = (len / 8)
+            .next_multiple_of(4096)
+            .clamp(256 << 10, chunk_cap)
+            .min(len.next_multiple_of(256));
         let stride = chunk.next_multiple_of(256);
         let mut lanes = self
             .lanes

@@ -3,24 +3,32 @@
 //! - [`source`]: CUDA C kernels, generated per job shape, compiled by NVRTC at run time;
 //! - `cuda` (feature `cuda`): [`CudaParity`], the backend over cudarc with dynamic loading, with a
 //!   device-resident API and a host API that stages through pinned memory on several streams;
+//! - [`HostShards`]: engine-allocated host shards (pinned when there is a GPU: the zero-copy path);
+//! - [`batch`]: [`StripeQueue`], small stripes packed into large launches;
 //! - [`Engine`]: routes each request to the backend measured faster for its code and size
 //!   (calibrated once per GPU UUID + driver version, cached on disk), honours [`Policy`]
 //!   (GpuRaidPolicy), and falls back to the CPU on any CUDA error, counting it in
 //!   `parity_fallbacks_total` ([`Engine::fallbacks_total`]).
 
+pub mod batch;
 #[cfg(feature = "cuda")]
 pub mod bench;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod source;
 
+pub use batch::StripeQueue;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaParity, PinnedShards};
-pub use source::Job;
+pub use cuda::{CudaParity, Fault};
+pub use source::{Job, Plan};
 
+/// The zero-copy API's shards (engine-allocated pinned memory): the same type as [`HostShards`].
+pub type PinnedShards = HostShards;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -35,10 +43,179 @@ pub struct GpuInfo {
     pub driver: i32,
 }
 
-/// What the engine needs from a GPU backend: the host API (caller's host buffers in and out).
-/// A trait so that the routing and fallback logic is unit-tested without a GPU.
+/// Where the bytes of [`HostShards`] live.
+pub(crate) enum ShardStorage {
+    /// Ordinary (pageable) heap memory: CPU engines, or no GPU.
+    Heap(Vec<u8>),
+    /// Page-locked memory of the GPU's context: the GPU reads and writes it by DMA directly.
+    #[cfg(feature = "cuda")]
+    Pinned(cudarc::driver::PinnedHostSlice<u8>),
+}
+
+/// n shards of `len` bytes in one host buffer (shard i at i x stride, stride a multiple of
+/// 4 KiB), allocated by the engine ([`Engine::alloc_shards`]): pinned when the engine has a GPU,
+/// so the GPU route moves them by DMA with no CPU copy (zero-copy host API), plain heap memory
+/// otherwise. The CPU route computes on them in place either way.
+pub struct HostShards {
+    storage: ShardStorage,
+    n: usize,
+    len: usize,
+    stride: usize,
+}
+
+impl HostShards {
+    /// n zeroed shards of `len` bytes on the heap.
+    pub fn heap(n: usize, len: usize) -> HostShards {
+        let stride = len.max(1).next_multiple_of(4096);
+        HostShards::from_storage(ShardStorage::Heap(vec![0u8; n * stride]), n, len, stride)
+    }
+
+    pub(crate) fn from_storage(
+        storage: ShardStorage,
+        n: usize,
+        len: usize,
+        stride: usize,
+    ) -> HostShards {
+        HostShards {
+            storage,
+            n,
+            len,
+            stride,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.n
+    }
+    pub fn shard_len(&self) -> usize {
+        self.len
+    }
+    #[cfg(feature = "cuda")]
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+    /// Whether the shards are page-locked memory of a GPU (the zero-copy route applies).
+    pub fn is_pinned(&self) -> bool {
+        !matches!(self.storage, ShardStorage::Heap(_))
+    }
+    /// Bytes each shard can hold (the logical length can be set up to this).
+    pub fn capacity(&self) -> usize {
+        self.stride
+    }
+    /// Sets the logical shard length (at most [`HostShards::capacity`]); the bytes are kept.
+    pub fn set_len(&mut self, len: usize) -> Result<(), ParityError> {
+        if len > self.stride {
+            return Err(ParityError::Length(format!(
+                "shard length {len} beyond the capacity {}",
+                self.stride
+            )));
+        }
+        self.len = len;
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    pub(crate) fn storage_mut(&mut self) -> &mut ShardStorage {
+        &mut self.storage
+    }
+
+    fn bytes(&self) -> Result<&[u8], ParityError> {
+        match &self.storage {
+            ShardStorage::Heap(v) => Ok(v),
+            #[cfg(feature = "cuda")]
+            ShardStorage::Pinned(p) => p.as_slice().map_err(|e| ParityError::Gpu(e.to_string())),
+        }
+    }
+    fn bytes_mut(&mut self) -> Result<&mut [u8], ParityError> {
+        match &mut self.storage {
+            ShardStorage::Heap(v) => Ok(v),
+            #[cfg(feature = "cuda")]
+            ShardStorage::Pinned(p) => p
+                .as_mut_slice()
+                .map_err(|e| ParityError::Gpu(e.to_string())),
+        }
+    }
+    fn check(&self, i: usize) -> Result<(), ParityError> {
+        if i >= self.n {
+            return Err(ParityError::Geometry(format!(
+                "shard {i} out of range 0..{}",
+                self.n
+            )));
+        }
+        Ok(())
+    }
+    pub fn shard(&self, i: usize) -> Result<&[u8], ParityError> {
+        self.check(i)?;
+        let (st, len) = (self.stride, self.len);
+        Ok(&self.bytes()?[i * st..i * st + len])
+    }
+    pub fn shard_mut(&mut self, i: usize) -> Result<&mut [u8], ParityError> {
+        self.check(i)?;
+        let (st, len) = (self.stride, self.len);
+        Ok(&mut self.bytes_mut()?[i * st..i * st + len])
+    }
+
+    /// Sources `src_idx` (read) and outputs `dst_idx` (written) as slices, in the given orders.
+    pub fn split(
+        &mut self,
+        src_idx: &[usize],
+        dst_idx: &[usize],
+    ) -> Result<SplitShards<'_>, ParityError> {
+        for &i in src_idx.iter().chain(dst_idx) {
+            self.check(i)?;
+        }
+        let (st, len, n) = (self.stride, self.len, self.n);
+        let bytes = self.bytes_mut()?;
+        let mut slots: Vec<Option<&mut [u8]>> = bytes
+            .chunks_mut(st)
+            .take(n)
+            .map(|c| Some(&mut c[..len]))
+            .collect();
+        let mut dsts = Vec::with_capacity(dst_idx.len());
+        for &d in dst_idx {
+            dsts.push(
+                slots[d]
+                    .take()
+                    .ok_or_else(|| ParityError::Geometry(format!("shard {d} named twice")))?,
+            );
+        }
+        let mut srcs = Vec::with_capacity(src_idx.len());
+        for &s in src_idx {
+            srcs.push(
+                slots[s]
+                    .take()
+                    .map(|x| &*x)
+                    .ok_or_else(|| ParityError::Geometry(format!("shard {s} named twice")))?,
+            );
+        }
+        Ok((srcs, dsts))
+    }
+}
+
+/// Sources (read) and outputs (written) of [`HostShards::split`].
+pub type SplitShards<'a> = (Vec<&'a [u8]>, Vec<&'a mut [u8]>);
+
+/// What the engine needs from a GPU backend: the host APIs (caller's host buffers in and out,
+/// and engine-allocated shards). A trait so that the routing, fallback and batching logic is
+/// unit-tested without a GPU.
 pub trait GpuBackend: Send + Sync {
     fn info(&self) -> GpuInfo;
+    /// n shards of `len` bytes the backend moves fastest (pinned memory on a GPU).
+    fn alloc_shards(&self, n: usize, len: usize) -> Result<HostShards, ParityError> {
+        Ok(HostShards::heap(n, len))
+    }
+    /// Runs `job` with sources `src_idx` of `shards` into the shards `dst_idx` (zero-copy when
+    /// the shards are the backend's pinned memory).
+    fn run_shards(
+        &self,
+        job: &Job,
+        shards: &mut HostShards,
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        max_vram: Option<u64>,
+    ) -> Result<(), ParityError> {
+        let (srcs, mut dsts) = shards.split(src_idx, dst_idx)?;
+        self.run_host(job, &srcs, &mut dsts, max_vram)
+    }
     /// Runs `job` over host buffers: `dsts[j]` = output j of the k `srcs` (all of equal length),
     /// using at most `max_vram` bytes of device memory for staging.
     fn run_host(
@@ -96,27 +273,50 @@ pub enum Route {
     Gpu,
 }
 
-/// One measured point: data GB/s (k x shard bytes per second) of both backends, host data.
+/// One measured point: data GB/s (k x shard bytes per second) of the CPU and of the GPU's two
+/// host paths (pageable caller buffers; engine-allocated pinned shards).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CalPoint {
     pub class: String,
     pub shard_bytes: u64,
     pub cpu_gbps: f64,
+    /// GPU host path on pageable buffers (staged through pinned lanes).
     pub gpu_gbps: f64,
+    /// GPU zero-copy path on engine-allocated pinned shards.
+    #[serde(default)]
+    pub gpu_pinned_gbps: f64,
+    /// The CPU on engine-allocated shards (the peer of `gpu_pinned_gbps`; 0 = not measured,
+    /// `cpu_gbps` stands in).
+    #[serde(default)]
+    pub cpu_pinned_gbps: f64,
 }
+
+/// Format of the calibration cache; a file of another version is measured again.
+pub const CALIBRATION_VERSION: u32 = 2;
 
 /// The calibration of one machine (GPU + CPU threads).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
+    #[serde(default)]
+    pub version: u32,
     pub gpu: Option<GpuInfo>,
     pub cpu_threads: usize,
     pub points: Vec<CalPoint>,
 }
 
+/// Shard sizes the calibration measures.
+pub const CALIBRATION_SHARDS: [usize; 3] = [256 << 10, 1 << 20, 8 << 20];
+
 impl Calibration {
-    /// Whether the GPU measured faster for this class near this shard size (nearest calibrated
-    /// size in log scale; a class never measured goes to the CPU).
+    /// Whether the GPU's pageable host path measured faster for this class near this shard size.
     pub fn gpu_faster(&self, class: &str, shard_bytes: u64) -> bool {
+        self.gpu_faster_on(class, shard_bytes, false)
+    }
+
+    /// Whether the GPU measured faster for this class near this shard size (nearest calibrated
+    /// size in log scale; a class never measured goes to the CPU), on pinned shards or on
+    /// pageable buffers.
+    pub fn gpu_faster_on(&self, class: &str, shard_bytes: u64, pinned: bool) -> bool {
         let lg = |b: u64| (b.max(1) as f64).log2();
         self.points
             .iter()
@@ -126,7 +326,18 @@ impl Calibration {
                 let db = (lg(b.shard_bytes) - lg(shard_bytes)).abs();
                 da.total_cmp(&db)
             })
-            .is_some_and(|p| p.gpu_gbps > p.cpu_gbps)
+            .is_some_and(|p| {
+                if pinned {
+                    let cpu = if p.cpu_pinned_gbps > 0.0 {
+                        p.cpu_pinned_gbps
+                    } else {
+                        p.cpu_gbps
+                    };
+                    p.gpu_pinned_gbps > cpu
+                } else {
+                    p.gpu_gbps > p.cpu_gbps
+                }
+            })
     }
 
     /// Cache file of a GPU: `<dir>/<uuid>-driver<version>-cpu<threads>.json`.
@@ -146,9 +357,11 @@ impl Calibration {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tessera/parity-calibration"))
     }
 
+    /// The cached calibration, if the file exists and is of the current format.
     pub fn load(path: &std::path::Path) -> Option<Calibration> {
         let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str(&text).ok()
+        let c: Calibration = serde_json::from_str(&text).ok()?;
+        (c.version == CALIBRATION_VERSION).then_some(c)
     }
 
     pub fn save(&self, path: &std::path::Path) -> Result<(), ParityError> {
@@ -166,8 +379,12 @@ impl Calibration {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Measures CPU (all rayon threads) and GPU host end-to-end on a small fixed set of shapes:
-    /// xor 8+1, pq 8+2, matrix 10x4 at 256 KiB and 8 MiB per shard, best of 3 after a warm-up.
+    /// Measures CPU (all rayon threads) and both GPU host paths (pageable buffers, pinned
+    /// shards), each against the CPU on the same kind of buffer, on a small fixed set of shapes:
+    /// xor 8+1, pq 8+2, matrix 10x4 at [`CALIBRATION_SHARDS`]. The four are timed in turn,
+    /// call by call (24 times up to 1 MiB, 8 times above, after a warm-up), and the best call
+    /// of each is kept (the same
+    /// method as the bench, so that routing and bench agree near the crossover).
     pub fn measure(gpu: &dyn GpuBackend, policy: &Policy) -> Result<Calibration, ParityError> {
         let rs = ReedSolomon::new(10, 4, crate::Matrix::Cauchy)?;
         let shapes: Vec<(Code, Job)> = vec![
@@ -183,46 +400,71 @@ impl Calibration {
             ),
         ];
         let mut points = Vec::new();
+        let max = CALIBRATION_SHARDS.iter().copied().max().unwrap_or(1 << 20);
+        let time1 = |f: &mut dyn FnMut() -> Result<(), ParityError>| {
+            let t = Instant::now();
+            f()?;
+            Ok::<f64, ParityError>(t.elapsed().as_secs_f64())
+        };
         for (code, job) in &shapes {
-            for shard in [256usize << 10, 8 << 20] {
-                let (k, m) = (job.k(), job.m());
-                let data: Vec<Vec<u8>> = (0..k)
-                    .map(|i| {
-                        let mut v = vec![0u8; shard];
-                        crate::util::fill_seeded(&mut v, i as u64 + 1);
-                        v
-                    })
-                    .collect();
-                let srcs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
-                let mut out: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; shard]).collect();
-                let best = |f: &mut dyn FnMut() -> Result<(), ParityError>| {
-                    let mut best = f64::MAX;
-                    for round in 0..4 {
-                        let t = Instant::now();
-                        f()?;
-                        if round > 0 {
-                            best = best.min(t.elapsed().as_secs_f64());
+            let (k, m) = (job.k(), job.m());
+            let data: Vec<Vec<u8>> = (0..k)
+                .map(|i| {
+                    let mut v = vec![0u8; max];
+                    crate::util::fill_seeded(&mut v, i as u64 + 1);
+                    v
+                })
+                .collect();
+            let mut out: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; max]).collect();
+            let (si, di): (Vec<usize>, Vec<usize>) = ((0..k).collect(), (k..k + m).collect());
+            for shard in CALIBRATION_SHARDS {
+                // shards allocated at this size, as a caller's would be (same stride)
+                let mut shards = gpu.alloc_shards(k + m, shard)?;
+                for (i, d) in data.iter().enumerate() {
+                    shards.shard_mut(i)?.copy_from_slice(&d[..shard]);
+                }
+                let srcs: Vec<&[u8]> = data.iter().map(|v| &v[..shard]).collect();
+                let mut best = [f64::MAX; 4];
+                let rounds = if shard <= 1 << 20 { 25 } else { 9 };
+                for round in 0..rounds {
+                    let t = [
+                        time1(&mut || {
+                            let mut d: Vec<&mut [u8]> =
+                                out.iter_mut().map(|v| &mut v[..shard]).collect();
+                            code.encode_cpu(&srcs, &mut d)
+                        })?,
+                        time1(&mut || {
+                            let mut d: Vec<&mut [u8]> =
+                                out.iter_mut().map(|v| &mut v[..shard]).collect();
+                            gpu.run_host(job, &srcs, &mut d, policy.max_vram_bytes)
+                        })?,
+                        time1(&mut || {
+                            let (s, mut d) = shards.split(&si, &di)?;
+                            code.encode_cpu(&s, &mut d)
+                        })?,
+                        time1(&mut || {
+                            gpu.run_shards(job, &mut shards, &si, &di, policy.max_vram_bytes)
+                        })?,
+                    ];
+                    if round > 0 {
+                        for (b, t) in best.iter_mut().zip(t) {
+                            *b = b.min(t);
                         }
                     }
-                    Ok::<f64, ParityError>((k * shard) as f64 / best / 1e9)
-                };
-                let cpu = best(&mut || {
-                    let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    code.encode_cpu(&srcs, &mut d)
-                })?;
-                let gpu_rate = best(&mut || {
-                    let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    gpu.run_host(job, &srcs, &mut d, policy.max_vram_bytes)
-                })?;
+                }
+                let rate = |s: f64| (k * shard) as f64 / s / 1e9;
                 points.push(CalPoint {
                     class: job.class().into(),
                     shard_bytes: shard as u64,
-                    cpu_gbps: cpu,
-                    gpu_gbps: gpu_rate,
+                    cpu_gbps: rate(best[0]),
+                    gpu_gbps: rate(best[1]),
+                    gpu_pinned_gbps: rate(best[3]),
+                    cpu_pinned_gbps: rate(best[2]),
                 });
             }
         }
         Ok(Calibration {
+            version: CALIBRATION_VERSION,
             gpu: Some(gpu.info()),
             cpu_threads: rayon::current_num_threads(),
             points,
@@ -264,6 +506,28 @@ impl Code {
         }
     }
 
+    /// Parity shards of the code.
+    pub fn m(&self) -> usize {
+        match self {
+            Code::Xor(_) => 1,
+            Code::Pq(_) => 2,
+            Code::Rs(r) => r.m(),
+        }
+    }
+
+    /// Identity of the code for the decoder cache (kind, shape, backend, generator).
+    fn fingerprint(&self) -> Vec<u8> {
+        match self {
+            Code::Xor(_) => vec![0],
+            Code::Pq(p) => format!("pq{}{:?}", p.k(), p.backend()).into_bytes(),
+            Code::Rs(r) => {
+                let mut v = format!("rs{}+{}{:?}:", r.k(), r.m(), r.backend()).into_bytes();
+                v.extend_from_slice(r.generator());
+                v
+            }
+        }
+    }
+
     fn decoder(&self, lost: &[usize]) -> Result<Option<Decoder>, ParityError> {
         match self {
             Code::Xor(_) => Ok(None),
@@ -274,7 +538,7 @@ impl Code {
 }
 
 /// The CPU side of a dispatched request: (sources, outputs).
-type CpuRun<'a> = dyn FnMut(&[&[u8]], &mut [&mut [u8]]) -> Result<(), ParityError> + 'a;
+pub(crate) type CpuRun<'a> = dyn FnMut(&[&[u8]], &mut [&mut [u8]]) -> Result<(), ParityError> + 'a;
 
 /// The dispatcher: CPU always, GPU where it measured faster and the policy allows.
 pub struct Engine {
@@ -285,6 +549,36 @@ pub struct Engine {
     gpu_runs: AtomicU64,
     cpu_runs: AtomicU64,
     no_gpu_reason: Option<String>,
+    /// Decoders per (code, lost pattern): building one inverts a matrix and allocates tables,
+    /// which costs as much as reconstructing a few hundred KiB.
+    decoders: Mutex<HashMap<DecoderKey, Arc<Decoder>>>,
+}
+
+/// (code fingerprint, lost shards) of a cached decoder.
+type DecoderKey = (Vec<u8>, Vec<usize>);
+
+/// Most decoders an engine keeps (the cache is emptied when full).
+const DECODER_CACHE: usize = 256;
+
+/// What a reconstruct runs: the job, survivors (sources), lost shards (outputs) and the CPU
+/// decoder (`None` for XOR).
+struct Rebuild {
+    job: Job,
+    survivors: Vec<usize>,
+    lost: Vec<usize>,
+    dec: Option<Arc<Decoder>>,
+}
+
+impl Rebuild {
+    fn cpu(&self, s: &[&[u8]], d: &mut [&mut [u8]]) -> Result<(), ParityError> {
+        match &self.dec {
+            None => match d {
+                [out] => Xor::new().encode_par(s, out),
+                _ => Err(ParityError::Geometry("XOR rebuilds one shard".into())),
+            },
+            Some(dec) => dec.apply_split_par(s, d),
+        }
+    }
 }
 
 impl Engine {
@@ -298,6 +592,7 @@ impl Engine {
             gpu_runs: AtomicU64::new(0),
             cpu_runs: AtomicU64::new(0),
             no_gpu_reason: None,
+            decoders: Mutex::new(HashMap::new()),
         }
     }
 
@@ -395,8 +690,14 @@ impl Engine {
         )
     }
 
-    /// Where a job over shards of `shard_bytes` goes.
+    /// Where a job over pageable shards of `shard_bytes` goes.
     pub fn route(&self, job: &Job, shard_bytes: u64) -> Route {
+        self.route_on(job, shard_bytes, false)
+    }
+
+    /// Where a job over shards of `shard_bytes` goes; `pinned`: the shards are the engine's
+    /// pinned memory ([`Engine::alloc_shards`]), so the GPU side is the zero-copy path.
+    pub fn route_on(&self, job: &Job, shard_bytes: u64, pinned: bool) -> Route {
         if self.gpu.is_none() || job.check().is_err() {
             return Route::Cpu;
         }
@@ -410,10 +711,56 @@ impl Engine {
         {
             return Route::Cpu;
         }
-        if self.calibration.gpu_faster(job.class(), shard_bytes) {
+        if self
+            .calibration
+            .gpu_faster_on(job.class(), shard_bytes, pinned)
+        {
             Route::Gpu
         } else {
             Route::Cpu
+        }
+    }
+
+    /// Whether a GPU backend is attached.
+    pub fn has_gpu(&self) -> bool {
+        self.gpu.is_some()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// n zeroed shards of `len` bytes: pinned memory of the GPU when the engine has one (the
+    /// GPU route then moves them with no CPU copy), heap memory otherwise.
+    pub fn alloc_shards(&self, n: usize, len: usize) -> Result<HostShards, ParityError> {
+        match &self.gpu {
+            Some(g) => g.alloc_shards(n, len),
+            None => Ok(HostShards::heap(n, len)),
+        }
+    }
+
+    /// Runs `gpu` under the fallback policy: `Ok(true)` done on the GPU, `Ok(false)` the GPU
+    /// failed and the caller must recompute on the CPU (counted), `Err` with `fallback: fail`
+    /// or for bad input.
+    fn try_gpu(
+        &self,
+        job: &Job,
+        gpu: impl FnOnce() -> Result<(), ParityError>,
+    ) -> Result<bool, ParityError> {
+        match gpu() {
+            Ok(()) => {
+                self.gpu_runs.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) if e.is_bad_input() => Err(e),
+            Err(e) => match self.policy.fallback {
+                Fallback::Fail => Err(e),
+                Fallback::Cpu => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("GPU {} failed, recomputing on the CPU: {e}", job.class());
+                    Ok(false)
+                }
+            },
         }
     }
 
@@ -425,25 +772,73 @@ impl Engine {
         cpu: &mut CpuRun<'_>,
     ) -> Result<Route, ParityError> {
         let len = srcs.first().map_or(0, |s| s.len());
-        if let (Route::Gpu, Some(g)) = (self.route(job, len as u64), &self.gpu) {
-            match g.run_host(job, srcs, dsts, self.policy.max_vram_bytes) {
-                Ok(()) => {
-                    self.gpu_runs.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Route::Gpu);
-                }
-                Err(e) if e.is_bad_input() => return Err(e),
-                Err(e) => match self.policy.fallback {
-                    Fallback::Fail => return Err(e),
-                    Fallback::Cpu => {
-                        self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("GPU {} failed, recomputing on the CPU: {e}", job.class());
-                    }
-                },
-            }
+        if let (Route::Gpu, Some(g)) = (self.route(job, len as u64), &self.gpu)
+            && self.try_gpu(job, || {
+                g.run_host(job, srcs, dsts, self.policy.max_vram_bytes)
+            })?
+        {
+            return Ok(Route::Gpu);
         }
         cpu(srcs, dsts)?;
         self.cpu_runs.fetch_add(1, Ordering::Relaxed);
         Ok(Route::Cpu)
+    }
+
+    fn dispatch_shards(
+        &self,
+        job: &Job,
+        shards: &mut HostShards,
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        cpu: &mut CpuRun<'_>,
+    ) -> Result<Route, ParityError> {
+        let len = shards.shard_len() as u64;
+        if let (Route::Gpu, Some(g)) = (self.route_on(job, len, shards.is_pinned()), &self.gpu)
+            && self.try_gpu(job, || {
+                g.run_shards(job, shards, src_idx, dst_idx, self.policy.max_vram_bytes)
+            })?
+        {
+            return Ok(Route::Gpu);
+        }
+        let (s, mut d) = shards.split(src_idx, dst_idx)?;
+        cpu(&s, &mut d)?;
+        self.cpu_runs.fetch_add(1, Ordering::Relaxed);
+        Ok(Route::Cpu)
+    }
+
+    /// Runs a prepared job over engine-allocated shards with the engine's routing and fallback
+    /// (the batching queue uses it for its packed launches).
+    pub(crate) fn run_job_shards(
+        &self,
+        job: &Job,
+        shards: &mut HostShards,
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        cpu: &mut CpuRun<'_>,
+    ) -> Result<Route, ParityError> {
+        self.dispatch_shards(job, shards, src_idx, dst_idx, cpu)
+    }
+
+    fn check_encode(
+        code: &Code,
+        k: usize,
+        m: usize,
+        len: usize,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<Job, ParityError> {
+        let job = code.encode_job(k);
+        if m != job.m() {
+            return Err(ParityError::Geometry(format!(
+                "{m} parity shards given, the code has {}",
+                job.m()
+            )));
+        }
+        if let Some((i, _)) = lens.enumerate().find(|(_, l)| *l != len) {
+            return Err(ParityError::Length(format!(
+                "shard {i} differs from shard 0 ({len} bytes)"
+            )));
+        }
+        Ok(job)
     }
 
     /// Computes the parity shards of `data`.
@@ -453,27 +848,94 @@ impl Engine {
         data: &[&[u8]],
         parity: &mut [&mut [u8]],
     ) -> Result<Route, ParityError> {
-        let job = code.encode_job(data.len());
-        if parity.len() != job.m() {
-            return Err(ParityError::Geometry(format!(
-                "{} parity shards given, the code has {}",
-                parity.len(),
-                job.m()
-            )));
-        }
         let len = data.first().map_or(0, |s| s.len());
-        if let Some((i, _)) = data
+        let lens = data
             .iter()
             .map(|s| s.len())
-            .chain(parity.iter().map(|s| s.len()))
-            .enumerate()
-            .find(|(_, l)| *l != len)
-        {
-            return Err(ParityError::Length(format!(
-                "shard {i} differs from shard 0 ({len} bytes)"
+            .chain(parity.iter().map(|s| s.len()));
+        let job = Self::check_encode(code, data.len(), parity.len(), len, lens)?;
+        self.dispatch(&job, data, parity, &mut |s, d| code.encode_cpu(s, d))
+    }
+
+    /// Computes parity shards k.. of engine-allocated shards from data shards 0..k
+    /// (k = count - m): on the GPU by the zero-copy path when they are pinned and the
+    /// calibration of that path says the GPU is faster, else on the CPU in place.
+    pub fn encode_shards(
+        &self,
+        code: &Code,
+        shards: &mut HostShards,
+    ) -> Result<Route, ParityError> {
+        let (n, m) = (shards.count(), code.m());
+        if n <= m {
+            return Err(ParityError::Geometry(format!(
+                "{n} shards for a code with {m} parity shards"
             )));
         }
-        self.dispatch(&job, data, parity, &mut |s, d| code.encode_cpu(s, d))
+        let k = n - m;
+        let job = Self::check_encode(code, k, m, 0, std::iter::empty())?;
+        let (si, di): (Vec<usize>, Vec<usize>) = ((0..k).collect(), (k..n).collect());
+        self.dispatch_shards(&job, shards, &si, &di, &mut |s, d| code.encode_cpu(s, d))
+    }
+
+    fn cached_decoder(
+        &self,
+        code: &Code,
+        lost: &[usize],
+    ) -> Result<Option<Arc<Decoder>>, ParityError> {
+        if let Code::Xor(_) = code {
+            return Ok(None);
+        }
+        let key = (code.fingerprint(), lost.to_vec());
+        if let Some(d) = self
+            .decoders
+            .lock()
+            .map_err(|_| ParityError::Gpu("decoder cache lock poisoned".into()))?
+            .get(&key)
+        {
+            return Ok(Some(d.clone()));
+        }
+        let Some(dec) = code.decoder(lost)? else {
+            return Ok(None);
+        };
+        let dec = Arc::new(dec);
+        let mut cache = self
+            .decoders
+            .lock()
+            .map_err(|_| ParityError::Gpu("decoder cache lock poisoned".into()))?;
+        if cache.len() >= DECODER_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, dec.clone());
+        Ok(Some(dec))
+    }
+
+    /// The job, survivors and lost order of a reconstruct of `lost` among n shards.
+    fn rebuild(&self, code: &Code, n: usize, lost: &[usize]) -> Result<Rebuild, ParityError> {
+        match self.cached_decoder(code, lost)? {
+            None => {
+                if lost.len() != 1 || lost[0] >= n {
+                    return Err(ParityError::Geometry(format!(
+                        "XOR rebuilds exactly one shard in 0..{n}, asked for {lost:?}"
+                    )));
+                }
+                Ok(Rebuild {
+                    job: Job::Xor { k: n - 1 },
+                    survivors: (0..n).filter(|&i| i != lost[0]).collect(),
+                    lost: lost.to_vec(),
+                    dec: None,
+                })
+            }
+            Some(d) => Ok(Rebuild {
+                job: Job::Matrix {
+                    k: d.survivors().len(),
+                    m: d.lost().len(),
+                    rows: d.matrix().to_vec(),
+                },
+                survivors: d.survivors().to_vec(),
+                lost: d.lost().to_vec(),
+                dec: Some(d),
+            }),
+        }
     }
 
     /// Recomputes the `lost` shards (data then parity numbering, as the CPU codecs) in place.
@@ -484,27 +946,12 @@ impl Engine {
         lost: &[usize],
     ) -> Result<Route, ParityError> {
         let n = shards.len();
-        let dec = code.decoder(lost)?;
-        let (job, survivors, lost_order): (Job, Vec<usize>, Vec<usize>) = match &dec {
-            None => {
-                if lost.len() != 1 || lost[0] >= n {
-                    return Err(ParityError::Geometry(format!(
-                        "XOR rebuilds exactly one shard in 0..{n}, asked for {lost:?}"
-                    )));
-                }
-                let surv = (0..n).filter(|&i| i != lost[0]).collect();
-                (Job::Xor { k: n - 1 }, surv, lost.to_vec())
-            }
-            Some(d) => (
-                Job::Matrix {
-                    k: d.survivors().len(),
-                    m: d.lost().len(),
-                    rows: d.matrix().to_vec(),
-                },
-                d.survivors().to_vec(),
-                d.lost().to_vec(),
-            ),
-        };
+        let rb = self.rebuild(code, n, lost)?;
+        if let Some(&i) = rb.survivors.iter().chain(&rb.lost).find(|&&i| i >= n) {
+            return Err(ParityError::Geometry(format!(
+                "shard {i} out of range 0..{n}"
+            )));
+        }
         let len = shards.first().map_or(0, |s| s.len());
         if let Some((i, s)) = shards.iter().enumerate().find(|(_, s)| s.len() != len) {
             return Err(ParityError::Length(format!(
@@ -514,16 +961,16 @@ impl Engine {
         }
         // Survivors read-only, lost shards written: split the one &mut array without copying.
         let mut slots: Vec<Option<&mut [u8]>> = shards.iter_mut().map(|s| Some(&mut **s)).collect();
-        let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(lost_order.len());
-        for &l in &lost_order {
+        let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(rb.lost.len());
+        for &l in &rb.lost {
             dsts.push(
                 slots[l]
                     .take()
                     .ok_or_else(|| ParityError::Geometry(format!("lost shard {l} listed twice")))?,
             );
         }
-        let mut srcs: Vec<&[u8]> = Vec::with_capacity(survivors.len());
-        for &s in &survivors {
+        let mut srcs: Vec<&[u8]> = Vec::with_capacity(rb.survivors.len());
+        for &s in &rb.survivors {
             srcs.push(
                 slots[s]
                     .take()
@@ -531,16 +978,27 @@ impl Engine {
                     .ok_or_else(|| ParityError::Geometry(format!("survivor {s} is also lost")))?,
             );
         }
-        let mut cpu = |s: &[&[u8]], d: &mut [&mut [u8]]| -> Result<(), ParityError> {
-            match &dec {
-                None => match d {
-                    [out] => Xor::new().encode_par(s, out),
-                    _ => Err(ParityError::Geometry("XOR rebuilds one shard".into())),
-                },
-                Some(dec) => dec.apply_split_par(s, d),
-            }
-        };
-        self.dispatch(&job, &srcs, &mut dsts, &mut cpu)
+        self.dispatch(&rb.job, &srcs, &mut dsts, &mut |s, d| rb.cpu(s, d))
+    }
+
+    /// Recomputes the `lost` shards of engine-allocated shards in place (zero-copy GPU path
+    /// when they are pinned and the GPU measured faster there, else the CPU).
+    pub fn reconstruct_shards(
+        &self,
+        code: &Code,
+        shards: &mut HostShards,
+        lost: &[usize],
+    ) -> Result<Route, ParityError> {
+        let rb = self.rebuild(code, shards.count(), lost)?;
+        self.dispatch_shards(&rb.job, shards, &rb.survivors, &rb.lost, &mut |s, d| {
+            rb.cpu(s, d)
+        })
+    }
+
+    /// A queue that packs many small stripes of `code` into large launches
+    /// ([`StripeQueue`]); `batch_bytes` of data per launch (0 = the default, 64 MiB).
+    pub fn queue<'e, 'a>(&'e self, code: &Code, batch_bytes: usize) -> StripeQueue<'e, 'a> {
+        StripeQueue::new(self, code.clone(), batch_bytes)
     }
 }
 
@@ -592,6 +1050,7 @@ mod tests {
 
     fn cal(class: &str, cpu: f64, gpu: f64) -> Calibration {
         Calibration {
+            version: CALIBRATION_VERSION,
             gpu: None,
             cpu_threads: 1,
             points: [1u64 << 16, 1 << 24]
@@ -601,6 +1060,8 @@ mod tests {
                     shard_bytes: s,
                     cpu_gbps: cpu,
                     gpu_gbps: gpu,
+                    gpu_pinned_gbps: gpu,
+                    cpu_pinned_gbps: 0.0,
                 })
                 .collect(),
         }
@@ -655,6 +1116,7 @@ mod tests {
     #[test]
     fn nearest_size_decides() {
         let c = Calibration {
+            version: CALIBRATION_VERSION,
             gpu: None,
             cpu_threads: 1,
             points: vec![
@@ -663,12 +1125,16 @@ mod tests {
                     shard_bytes: 256 << 10,
                     cpu_gbps: 50.0,
                     gpu_gbps: 20.0,
+                    gpu_pinned_gbps: 60.0,
+                    cpu_pinned_gbps: 0.0,
                 },
                 CalPoint {
                     class: "xor".into(),
                     shard_bytes: 8 << 20,
                     cpu_gbps: 10.0,
                     gpu_gbps: 40.0,
+                    gpu_pinned_gbps: 5.0,
+                    cpu_pinned_gbps: 0.0,
                 },
             ],
         };
@@ -676,6 +1142,102 @@ mod tests {
         assert!(!c.gpu_faster("xor", 1 << 20));
         assert!(c.gpu_faster("xor", 4 << 20));
         assert!(c.gpu_faster("xor", 1 << 30));
+        // the pinned path has its own numbers: here the opposite decision at both sizes
+        assert!(c.gpu_faster_on("xor", 128 << 10, true));
+        assert!(!c.gpu_faster_on("xor", 1 << 30, true));
+        // where measured, the CPU on pinned shards is the pinned route's peer
+        let mut c2 = c.clone();
+        c2.points[0].cpu_pinned_gbps = 70.0;
+        assert!(!c2.gpu_faster_on("xor", 128 << 10, true));
+        assert!(
+            c2.gpu_faster_on("xor", 128 << 10, true) != c.gpu_faster_on("xor", 128 << 10, true)
+        );
+    }
+
+    /// A cache file of an older format is not used (it lacks the pinned numbers).
+    #[test]
+    fn old_calibration_is_measured_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.json");
+        let mut c = cal("pq", 1.0, 2.0);
+        c.version = 1;
+        c.save(&path).expect("save");
+        assert!(Calibration::load(&path).is_none());
+        c.version = CALIBRATION_VERSION;
+        c.save(&path).expect("save");
+        assert_eq!(Calibration::load(&path), Some(c));
+    }
+
+    /// Engine-allocated shards take the pinned route's calibration; the fake's heap shards go
+    /// through `run_shards` (and so the GPU double), the CPU route computes in place.
+    #[test]
+    fn shards_route_by_pinned_calibration() {
+        let mut c = cal("pq", 10.0, 5.0);
+        for p in c.points.iter_mut() {
+            p.gpu_pinned_gbps = 20.0;
+        }
+        let (e, g) = engine(false, c, Policy::default());
+        let job = Job::Pq { k: 8 };
+        assert_eq!(e.route_on(&job, 1 << 20, false), Route::Cpu);
+        assert_eq!(e.route_on(&job, 1 << 20, true), Route::Gpu);
+        // the fake allocates heap shards: not pinned, so the pageable numbers decide (CPU)
+        let code = Code::Pq(Pq::new(8).expect("pq"));
+        let mut sh = e.alloc_shards(10, 1 << 20).expect("alloc");
+        assert!(!sh.is_pinned());
+        let data = stripes(8, 1 << 20);
+        for (i, d) in data.iter().enumerate() {
+            sh.shard_mut(i).expect("shard").copy_from_slice(d);
+        }
+        assert_eq!(e.encode_shards(&code, &mut sh).expect("enc"), Route::Cpu);
+        assert!(g.calls.lock().expect("lock").is_empty());
+        let srcs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+        let (mut p, mut q) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        Pq::new(8)
+            .expect("pq")
+            .encode(&srcs, &mut p, &mut q)
+            .expect("cpu");
+        assert_eq!(sh.shard(8).expect("p"), p.as_slice());
+        assert_eq!(sh.shard(9).expect("q"), q.as_slice());
+        // rebuild two data shards in place on the CPU
+        sh.shard_mut(2).expect("s").fill(0);
+        sh.shard_mut(5).expect("s").fill(0);
+        assert_eq!(
+            e.reconstruct_shards(&code, &mut sh, &[2, 5])
+                .expect("rebuild"),
+            Route::Cpu
+        );
+        assert_eq!(sh.shard(2).expect("s"), data[2].as_slice());
+        assert_eq!(sh.shard(5).expect("s"), data[5].as_slice());
+        assert!(sh.shard(10).is_err());
+    }
+
+    /// Shards named twice, or out of range, are refused by `split`.
+    #[test]
+    fn host_shards_split_checks() {
+        let mut sh = HostShards::heap(4, 100);
+        assert!(sh.split(&[0, 1], &[1]).is_err());
+        assert!(sh.split(&[0, 4], &[1]).is_err());
+        let (s, d) = sh.split(&[3, 0], &[2]).expect("split");
+        assert_eq!((s.len(), d.len(), s[0].len()), (2, 1, 100));
+        assert!(sh.set_len(4097).is_err());
+        sh.set_len(4096).expect("capacity");
+        assert_eq!(sh.shard(3).expect("s").len(), 4096);
+    }
+
+    /// The decoder of a (code, loss pattern) is built once per engine.
+    #[test]
+    fn decoders_are_cached() {
+        let e = Engine::cpu(Policy::default());
+        let code = Code::Rs(ReedSolomon::new(4, 2, crate::Matrix::Cauchy).expect("rs"));
+        let a = e.cached_decoder(&code, &[0, 3]).expect("d").expect("some");
+        let b = e.cached_decoder(&code, &[0, 3]).expect("d").expect("some");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = e.cached_decoder(&code, &[1, 3]).expect("d").expect("some");
+        assert!(!Arc::ptr_eq(&a, &c));
+        let other = Code::Rs(ReedSolomon::new(4, 2, crate::Matrix::Vandermonde).expect("rs"));
+        let d = e.cached_decoder(&other, &[0, 3]).expect("d").expect("some");
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_ne!(a.matrix(), d.matrix());
     }
 
     #[test]

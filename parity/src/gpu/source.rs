@@ -10,7 +10,8 @@
 //!   into 8 bit planes (an 8x8 bit transpose per byte lane), and multiplies by the constant
 //!   coefficients as XORs of planes: the coefficients are baked into the source, so the compiler
 //!   emits only the XORs of the set bits of each coefficient's 8x8 GF(2) matrix (no tables, no
-//!   per-byte lookups).
+//!   per-byte lookups). A [`Plan`] shapes the launch: preloaded sources, and for small shards the
+//!   sources split among 2-4 warp groups whose partial products meet in shared memory.
 
 use crate::gf;
 
@@ -95,8 +96,19 @@ impl Job {
         }
     }
 
-    /// Complete CUDA C source of this job's kernel.
+    /// Complete CUDA C source of this job's kernel with the default plan (one thread group).
     pub fn source(&self) -> String {
+        self.source_with(Plan::default())
+    }
+
+    /// Complete CUDA C source of this job's kernel for `plan`. A matrix job with
+    /// `plan.split > 1` gets the split kernel ([`Plan`]); other jobs ignore the split.
+    pub fn source_with(&self, plan: Plan) -> String {
+        if let Job::Matrix { k, m, rows } = self
+            && plan.split > 1
+        {
+            return matrix_split_source(*k, *m, rows, plan);
+        }
         let mut s = String::from(PRELUDE);
         match self {
             Job::Xor { k } => {
@@ -116,22 +128,177 @@ impl Job {
                     .collect::<Vec<_>>()
                     .join(",");
                 s += "};\n";
+                s += MATRIX_FUNCS;
                 s += MATRIX_HEAD;
-                for i in 0..*k {
-                    s += &format!("    {{ u32 w[8]; load32(p.src[{i}], u, h, w); transpose8(w);\n");
-                    for j in 0..*m {
-                        s += &plane_xors(rows[j * k + i], &format!("a{j}"), "w");
-                    }
-                    s += "    }\n";
-                }
+                s += &source_terms(*k, *m, rows, 0..*k, plan);
+                let t = if plan.select {
+                    "transpose8s"
+                } else {
+                    "transpose8"
+                };
                 for j in 0..*m {
-                    s += &format!("    transpose8(a{j}); store32(p.dst[{j}], u, h, a{j});\n");
+                    s += &format!("    {t}(a{j}); store32(p.dst[{j}], u, h, a{j});\n");
                 }
                 s += MATRIX_TAIL;
             }
         }
         s
     }
+}
+
+/// How a launch is shaped. `split` > 1 (matrix jobs only): the k sources are divided into
+/// `split` groups handled by different warps of a block (`threadIdx.y` = group), each group
+/// accumulates its partial products for all m outputs in bit-plane form, the partials meet in
+/// shared memory, and output j is finished (summed, transposed back, stored) by group j % split.
+/// Same arithmetic as one group, spread over `split` times more threads: at small shards (1 MiB
+/// = 32 K units of 32 bytes) the single-group kernel has too few warps per SM to hide latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+pub struct Plan {
+    /// Source groups per unit (1 = the plain kernel).
+    pub split: usize,
+    /// Matrix jobs: issue the loads of all of the group's sources before any arithmetic (more
+    /// bytes in flight per warp, more registers).
+    pub preload: bool,
+    /// Matrix jobs: the bit transpose written as select operations (one shift and one
+    /// 3-input logic op per half-swap) instead of the XOR-swap form.
+    pub select: bool,
+}
+
+impl Plan {
+    /// One group, no preload, XOR-swap transpose: the original kernel.
+    pub const PLAIN: Plan = Plan {
+        split: 1,
+        preload: false,
+        select: false,
+    };
+
+    /// Threads per group (blockDim.x): the shared partials (split x m x 8 words per thread) must
+    /// fit 32 KiB, and a block has at most 256 threads.
+    pub fn block_x(&self, m: usize) -> usize {
+        let g = self.split.max(1);
+        if g == 1 {
+            return 256;
+        }
+        ((8192 / (g * m * 8)) / 32 * 32).clamp(32, (256 / g) / 32 * 32)
+    }
+
+    /// Largest split the kernel supports (shared partials stay within 48 KiB).
+    pub const MAX_SPLIT: usize = 4;
+
+    /// The plan for a launch of `job` over `len` bytes per shard on a GPU of `sms` SMs. Matrix
+    /// jobs preload their sources (one batch of loads before the arithmetic); those with 3 or
+    /// more outputs whose 32-byte units give fewer than 8 warps per SMSP (units < sms x 1024,
+    /// i.e. up to ~4 MiB per shard on an H200) are also split in two source groups, so that
+    /// twice the warps share the work. Everything else runs the plain kernel.
+    /// Measured on an H200 (`bench --gpu --gpu-explore`, 2026-11-22): preload gains 0.03-0.19
+    /// of the d2d rate for 10+2 decode and is neutral for 10+4 encode; two groups gain
+    /// 0.06 for 10+4 at 4 MiB and lose 0.08 at 64 MiB; the select-form transpose and three or
+    /// four groups measured worse.
+    pub fn choose(job: &Job, len: usize, sms: u32) -> Plan {
+        let units = len / 32;
+        match job {
+            Job::Matrix { k, m, .. } => Plan {
+                split: if *k >= 4 && *m >= 3 && units < sms as usize * 1024 {
+                    2
+                } else {
+                    1
+                },
+                preload: true,
+                select: false,
+            },
+            _ => Plan::PLAIN,
+        }
+    }
+
+    /// Sources of group `g` when k sources are split `split` ways (balanced, in order).
+    pub fn group_range(&self, k: usize, g: usize) -> std::ops::Range<usize> {
+        let n = self.split.max(1);
+        (g * k / n)..((g + 1) * k / n)
+    }
+}
+
+/// The plane-XOR lines of the sources `range` into the accumulators a0.. of all m outputs.
+fn source_terms(
+    k: usize,
+    m: usize,
+    rows: &[u8],
+    range: std::ops::Range<usize>,
+    plan: Plan,
+) -> String {
+    let mut s = String::new();
+    let t = if plan.select {
+        "transpose8s"
+    } else {
+        "transpose8"
+    };
+    if plan.preload {
+        for i in range.clone() {
+            s += &format!("    u32 w{i}[8]; load32(p.src[{i}], u, h, w{i});\n");
+        }
+    }
+    for i in range {
+        if plan.preload {
+            s += &format!("    {{ u32* w = w{i}; {t}(w);\n");
+        } else {
+            s += &format!("    {{ u32 w[8]; load32(p.src[{i}], u, h, w); {t}(w);\n");
+        }
+        for j in 0..m {
+            s += &plane_xors(rows[j * k + i], &format!("a{j}"), "w");
+        }
+        s += "    }\n";
+    }
+    s
+}
+
+/// The split matrix kernel (see [`Plan`]).
+fn matrix_split_source(k: usize, m: usize, rows: &[u8], plan: Plan) -> String {
+    let g = plan.split.min(k).max(1);
+    let plan = Plan { split: g, ..plan };
+    let t = if plan.select {
+        "transpose8s"
+    } else {
+        "transpose8"
+    };
+    let bx = plan.block_x(m);
+    let mut s = String::from(PRELUDE);
+    s += &format!("#define K {k}\n#define M {m}\n#define G {g}\n#define BX {bx}\n");
+    s += "__device__ const unsigned char COEF[M * K] = {";
+    s += &rows
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    s += "};\n";
+    s += MATRIX_FUNCS;
+    s += SPLIT_HEAD;
+    for j in 0..m {
+        s += &format!("    u32 a{j}[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};\n");
+    }
+    s += "    if (ok) {\n";
+    for gi in 0..g {
+        let r = plan.group_range(k, gi);
+        s += &format!("    if (gy == {gi}) {{\n");
+        s += &source_terms(k, m, rows, r, plan);
+        s += "    }\n";
+    }
+    s += "    }\n";
+    // Partials of the outputs this group does not own go to shared memory.
+    for j in 0..m {
+        s += &format!(
+            "    if (gy != {o}) {{\n#pragma unroll\n      for (int r = 0; r < 8; r++) part[gy][{j}][r][tx] = a{j}[r];\n    }}\n",
+            o = j % g
+        );
+    }
+    s += "    __syncthreads();\n";
+    for j in 0..m {
+        s += &format!(
+            "    if (gy == {o}) {{\n      for (int q = 0; q < G; q++) if (q != {o}) {{\n#pragma unroll\n        for (int r = 0; r < 8; r++) a{j}[r] ^= part[q][{j}][r][tx];\n      }}\n      if (ok) {{ {t}(a{j}); store32(p.dst[{j}], u, h, a{j}); }}\n    }}\n",
+            o = j % g
+        );
+    }
+    s += "    __syncthreads();\n  }\n";
+    s += SPLIT_TAIL;
+    s
 }
 
 /// For a constant c: for each output bit plane r, the input planes i whose XOR gives it
@@ -234,7 +401,7 @@ extern "C" __global__ void __launch_bounds__(256) tessera_pq(const Params p) {
 }
 "#;
 
-const MATRIX_HEAD: &str = r#"
+const MATRIX_FUNCS: &str = r#"
 // 8x8 bit transpose inside each byte lane across the 8 words: afterwards w[b] holds bit b of the
 // 32 bytes (bit plane b). It is an involution, so the same function turns planes back into bytes.
 __device__ __forceinline__ void transpose8(u32 w[8]) {
@@ -245,6 +412,16 @@ __device__ __forceinline__ void transpose8(u32 w[8]) {
 #pragma unroll
   for (int i = 0; i < 8; i += 2) { u32 t = ((w[i] >> 1) ^ w[i + 1]) & 0x55555555u; w[i + 1] ^= t; w[i] ^= t << 1; }
 }
+// The same transpose as select operations: each half-swap keeps one half of its word and takes
+// the other half, shifted, from its partner (one shift and one 3-input logic op).
+__device__ __forceinline__ void transpose8s(u32 w[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) { u32 a = w[i], b = w[i + 4]; w[i] = (a & 0x0f0f0f0fu) | ((b << 4) & 0xf0f0f0f0u); w[i + 4] = ((a >> 4) & 0x0f0f0f0fu) | (b & 0xf0f0f0f0u); }
+#pragma unroll
+  for (int i = 0; i < 8; i++) if (!(i & 2)) { u32 a = w[i], b = w[i + 2]; w[i] = (a & 0x33333333u) | ((b << 2) & 0xccccccccu); w[i + 2] = ((a >> 2) & 0x33333333u) | (b & 0xccccccccu); }
+#pragma unroll
+  for (int i = 0; i < 8; i += 2) { u32 a = w[i], b = w[i + 1]; w[i] = (a & 0x55555555u) | ((b << 1) & 0xaaaaaaaau); w[i + 1] = ((a >> 1) & 0x55555555u) | (b & 0xaaaaaaaau); }
+}
 // A unit of 32 bytes per source: uint4 number u and u + h (both halves coalesced across a warp).
 __device__ __forceinline__ void load32(u64 base, u64 u, u64 h, u32 w[8]) {
   uint4 a = ld(base, u), b = ld(base, u + h);
@@ -254,6 +431,9 @@ __device__ __forceinline__ void store32(u64 base, u64 u, u64 h, const u32 w[8]) 
   st(base, u, make_uint4(w[0], w[1], w[2], w[3]));
   st(base, u + h, make_uint4(w[4], w[5], w[6], w[7]));
 }
+"#;
+
+const MATRIX_HEAD: &str = r#"
 extern "C" __global__ void __launch_bounds__(256) tessera_matrix(const Params p) {
   const u64 h = p.len / 32, stride = (u64)gridDim.x * blockDim.x;
   const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -290,6 +470,32 @@ const MATRIX_TAIL: &str = r#"
       u8 acc = 0;
       for (int s = 0; s < K; s++) acc ^= gmul(COEF[j * K + s], ((const u8*)p.src[s])[b]);
       ((u8*)p.dst[j])[b] = acc;
+    }
+  }
+}
+"#;
+
+// Block (BX, G): threadIdx.y is the source group (warp-uniform, so its branches do not diverge).
+// Every thread of a block runs the same number of iterations (the loop bound is block-uniform)
+// because of the barriers.
+const SPLIT_HEAD: &str = r#"
+extern "C" __global__ void __launch_bounds__(BX * G) tessera_matrix(const Params p) {
+  __shared__ u32 part[G][M][8][BX];
+  const u64 h = p.len / 32;
+  const int tx = threadIdx.x, gy = threadIdx.y;
+  for (u64 base = (u64)blockIdx.x * BX; base < h; base += (u64)gridDim.x * BX) {
+    const u64 u = base + tx;
+    const bool ok = u < h;
+"#;
+
+const SPLIT_TAIL: &str = r#"
+  if (gy == 0) {
+    for (u64 b = h * 32 + (u64)blockIdx.x * BX + tx; b < p.len; b += (u64)gridDim.x * BX) {
+      for (int j = 0; j < M; j++) {
+        u8 acc = 0;
+        for (int s = 0; s < K; s++) acc ^= gmul(COEF[j * K + s], ((const u8*)p.src[s])[b]);
+        ((u8*)p.dst[j])[b] = acc;
+      }
     }
   }
 }
@@ -355,6 +561,86 @@ mod tests {
         }
         transpose8(&mut w);
         assert_eq!(w, orig);
+        // the select form of the kernel (transpose8s) computes the same permutation
+        fn transpose8s(w: &mut [u32; 8]) {
+            for (s, m, pairs) in [
+                (
+                    4u32,
+                    0x0f0f_0f0fu32,
+                    [(0usize, 4usize), (1, 5), (2, 6), (3, 7)],
+                ),
+                (2, 0x3333_3333, [(0, 2), (1, 3), (4, 6), (5, 7)]),
+                (1, 0x5555_5555, [(0, 1), (2, 3), (4, 5), (6, 7)]),
+            ] {
+                for (i, j) in pairs {
+                    let (a, b) = (w[i], w[j]);
+                    w[i] = (a & m) | ((b << s) & !m);
+                    w[j] = ((a >> s) & m) | (b & !m);
+                }
+            }
+        }
+        let mut x = orig;
+        transpose8(&mut w);
+        transpose8s(&mut x);
+        assert_eq!(w, x);
+    }
+
+    /// Split plans: every source in exactly one group, each group's loads in its own branch,
+    /// every output finished by one group; the shared partials fit 32 KiB.
+    #[test]
+    fn split_plans_cover_every_source_once() {
+        for k in 1..=32usize {
+            for m in 1..=8usize {
+                for split in 1..=Plan::MAX_SPLIT {
+                    let plan = Plan {
+                        split,
+                        ..Plan::PLAIN
+                    };
+                    let mut seen = vec![0; k];
+                    for g in 0..split {
+                        for i in plan.group_range(k, g) {
+                            seen[i] += 1;
+                        }
+                    }
+                    assert!(seen.iter().all(|&c| c == 1), "k={k} split={split}");
+                    let bx = plan.block_x(m);
+                    assert!(
+                        bx.is_multiple_of(32) && bx * split <= 256,
+                        "m={m} split={split} bx={bx}"
+                    );
+                    if split > 1 {
+                        assert!(
+                            split * m * 8 * bx * 4 <= 32 << 10,
+                            "k={k} m={m} split={split}"
+                        );
+                    }
+                }
+            }
+        }
+        let rows: Vec<u8> = (1..=40).collect();
+        let job = Job::Matrix { k: 10, m: 4, rows };
+        let src = job.source_with(Plan {
+            split: 3,
+            preload: true,
+            select: true,
+        });
+        assert!(src.contains("transpose8s(w)") && !src.contains("transpose8(w)"));
+        for i in 0..10 {
+            assert_eq!(
+                src.matches(&format!("load32(p.src[{i}],")).count(),
+                1,
+                "source {i}"
+            );
+        }
+        assert!(src.contains("#define G 3") && src.contains("__syncthreads"));
+        for j in 0..4 {
+            assert_eq!(src.matches(&format!("store32(p.dst[{j}],")).count(), 1);
+        }
+        // small matrix jobs split, large ones and other kernels do not
+        assert!(Plan::choose(&job, 1 << 20, 132).split > 1);
+        assert_eq!(Plan::choose(&job, 64 << 20, 132).split, 1);
+        assert!(Plan::choose(&job, 64 << 20, 132).preload);
+        assert_eq!(Plan::choose(&Job::Pq { k: 16 }, 1 << 20, 132).split, 1);
     }
 
     #[test]
