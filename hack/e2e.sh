@@ -47,10 +47,10 @@ wait_for "node agent (SA token) published the inventory of $STACK_NODE" 60 \
 
 lap "storage pools"
 # md sample: the agent plans it and reports why it cannot apply here (no mdadm, or the sample's
-# by-id disks do not exist); the LLM ZFS sample: the agent's ZFS backend is not built yet; the LVM
-# sample selects a node labelled lvm-01, which does not exist here.
+# by-id disks do not exist), and the same for the LLM ZFS sample (no zpool here); the LVM sample
+# selects a node labelled lvm-01, which does not exist here.
 wait_for "scratch-raid6 reports a clear reason (ToolMissing or DeviceNotFound)" 60 reason_is scratch-raid6 ToolMissing DeviceNotFound
-wait_for "llm reports a clear reason (BackendNotBuilt)" 60 reason_is llm BackendNotBuilt
+wait_for "llm reports a clear reason (ToolMissing or DeviceNotFound)" 60 reason_is llm ToolMissing DeviceNotFound
 wait_for "datasets-lvm reports a clear reason (NodeNotFound)" 60 reason_is datasets-lvm NodeNotFound
 kubectl get sp -o custom-columns='POOL:.metadata.name,PHASE:.status.phase,REASON:.status.conditions[?(@.type=="Ready")].reason,MESSAGE:.status.conditions[?(@.type=="Ready")].message' | sed 's/^/  /'
 
