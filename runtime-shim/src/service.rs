@@ -88,6 +88,20 @@ macro_rules! fwd_idempotent {
     }};
 }
 
+/// Forwards to the upstream, or answers `$default` on a Xen-only node.
+macro_rules! fwd_or {
+    ($self:ident, $req:ident, $client:ident, $method:ident, $default:expr) => {{
+        match &$self.upstream {
+            Some(up) => up
+                .$client()
+                .$method($req.into_inner())
+                .await
+                .map_err(|s| up.map_status(s)),
+            None => Ok(Response::new($default)),
+        }
+    }};
+}
+
 macro_rules! fwd_img {
     ($self:ident, $req:ident, $method:ident) => {{
         let up = $self.up("")?;
@@ -410,28 +424,26 @@ impl RuntimeService for Shim {
         &self,
         req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> R<cri::ListPodSandboxStatsResponse> {
-        match &self.upstream {
-            Some(up) => up
-                .runtime()
-                .list_pod_sandbox_stats(req.into_inner())
-                .await
-                .map_err(|s| up.map_status(s)),
-            None => Ok(Response::new(cri::ListPodSandboxStatsResponse::default())),
-        }
+        fwd_or!(
+            self,
+            req,
+            runtime,
+            list_pod_sandbox_stats,
+            cri::ListPodSandboxStatsResponse::default()
+        )
     }
 
     async fn update_runtime_config(
         &self,
         req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> R<cri::UpdateRuntimeConfigResponse> {
-        match &self.upstream {
-            Some(up) => up
-                .runtime()
-                .update_runtime_config(req.into_inner())
-                .await
-                .map_err(|s| up.map_status(s)),
-            None => Ok(Response::new(cri::UpdateRuntimeConfigResponse {})),
-        }
+        fwd_or!(
+            self,
+            req,
+            runtime,
+            update_runtime_config,
+            cri::UpdateRuntimeConfigResponse {}
+        )
     }
 
     async fn status(&self, req: Request<cri::StatusRequest>) -> R<cri::StatusResponse> {
@@ -505,28 +517,26 @@ impl RuntimeService for Shim {
         &self,
         req: Request<cri::ListMetricDescriptorsRequest>,
     ) -> R<cri::ListMetricDescriptorsResponse> {
-        match &self.upstream {
-            Some(up) => up
-                .runtime()
-                .list_metric_descriptors(req.into_inner())
-                .await
-                .map_err(|s| up.map_status(s)),
-            None => Ok(Response::new(cri::ListMetricDescriptorsResponse::default())),
-        }
+        fwd_or!(
+            self,
+            req,
+            runtime,
+            list_metric_descriptors,
+            cri::ListMetricDescriptorsResponse::default()
+        )
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> R<cri::ListPodSandboxMetricsResponse> {
-        match &self.upstream {
-            Some(up) => up
-                .runtime()
-                .list_pod_sandbox_metrics(req.into_inner())
-                .await
-                .map_err(|s| up.map_status(s)),
-            None => Ok(Response::new(cri::ListPodSandboxMetricsResponse::default())),
-        }
+        fwd_or!(
+            self,
+            req,
+            runtime,
+            list_pod_sandbox_metrics,
+            cri::ListPodSandboxMetricsResponse::default()
+        )
     }
 
     async fn runtime_config(
@@ -677,13 +687,12 @@ impl ImageService for Shim {
         &self,
         req: Request<cri::ImageFsInfoRequest>,
     ) -> R<cri::ImageFsInfoResponse> {
-        match &self.upstream {
-            Some(up) => up
-                .image()
-                .image_fs_info(req.into_inner())
-                .await
-                .map_err(|s| up.map_status(s)),
-            None => Ok(Response::new(cri::ImageFsInfoResponse::default())),
-        }
+        fwd_or!(
+            self,
+            req,
+            image,
+            image_fs_info,
+            cri::ImageFsInfoResponse::default()
+        )
     }
 }

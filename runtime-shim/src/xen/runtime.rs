@@ -113,6 +113,18 @@ fn matches_labels(labels: &HashMap<String, String>, sel: &HashMap<String, String
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The full id for `id` or a unique prefix of at least 3 characters (as crictl accepts).
+fn resolve_id<T>(map: &HashMap<String, T>, id: &str) -> Option<String> {
+    if map.contains_key(id) {
+        return Some(id.to_string());
+    }
+    let mut m = map.keys().filter(|k| id.len() >= 3 && k.starts_with(id));
+    match (m.next(), m.next()) {
+        (Some(k), None) => Some(k.clone()),
+        _ => None,
+    }
+}
+
 fn id_matches(id: &str, wanted: &str) -> bool {
     wanted.is_empty() || id == wanted || (wanted.len() >= 3 && id.starts_with(wanted))
 }
@@ -152,31 +164,11 @@ impl XenRuntime {
     }
 
     fn resolve_sandbox(&self, st: &State, id: &str) -> Option<String> {
-        if st.sandboxes.contains_key(id) {
-            return Some(id.to_string());
-        }
-        let mut m = st
-            .sandboxes
-            .keys()
-            .filter(|k| id.len() >= 3 && k.starts_with(id));
-        match (m.next(), m.next()) {
-            (Some(k), None) => Some(k.clone()),
-            _ => None,
-        }
+        resolve_id(&st.sandboxes, id)
     }
 
     fn resolve_container(&self, st: &State, id: &str) -> Option<String> {
-        if st.containers.contains_key(id) {
-            return Some(id.to_string());
-        }
-        let mut m = st
-            .containers
-            .keys()
-            .filter(|k| id.len() >= 3 && k.starts_with(id));
-        match (m.next(), m.next()) {
-            (Some(k), None) => Some(k.clone()),
-            _ => None,
-        }
+        resolve_id(&st.containers, id)
     }
 
     pub fn owns_sandbox(&self, id: &str) -> bool {
