@@ -1,11 +1,16 @@
 #!/bin/bash
 # critest against tessera-shim delegating to containerd (Debian's containerd + runc), with every image
 # served by a registry on 127.0.0.1 (Debian's docker-registry) filled offline by images.sh.
-# usage: run.sh SHIM_BINARY   env: CRITEST_FOCUS (ginkgo focus regexp), CRITEST_KEEP_LOG (dir for the logs)
+# usage: run.sh SHIM_BINARY [--bench N]
+#   env: CRITEST_FOCUS (ginkgo focus regexp), CRITEST_KEEP_LOG (dir for the logs)
 # Prints the pass count and the skip list; exits non-zero when a test failed.
+# --bench N: instead of critest, bench.sh's crictl loop (N iterations) against containerd
+# directly and through the shim (the latency the shim adds to delegated pods).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 shim=$1
+bench_n=
+[ "${2:-}" = --bench ] && bench_n=${3:-20}
 cache=${TESSERA_CACHE:-$HOME/.cache/tessera}
 # shellcheck source=hack/versions.env
 . "$here/../versions.env"
@@ -105,6 +110,13 @@ RUST_LOG=${RUST_LOG:-warn} "$shim" serve --listen "$W/shim.sock" --upstream "uni
 for _ in $(seq 100); do [ -S "$W/shim.sock" ] && break; sleep 0.1; done
 "$crictl" --runtime-endpoint "unix://$W/shim.sock" version
 lap "tessera-shim up"
+
+if [ -n "$bench_n" ]; then
+  PATH=$(dirname "$crictl"):$PATH bash "$here/bench.sh" "unix://$W/containerd.sock" "unix://$W/shim.sock" \
+    "$bench_n" "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+  lap "bench done"
+  exit 0
+fi
 
 # ---- critest. Skipped, each with its reason (README "critest"):
 skips=(

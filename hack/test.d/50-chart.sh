@@ -113,6 +113,8 @@ else pass "kubeconform -strict rejects a misspelt Deployment field"; fi
 kubectl create namespace $NS >/dev/null
 check "kubectl apply --dry-run=server --validate=strict (rendered chart)" \
   kubectl apply --dry-run=server --validate=strict -f deploy/rendered/tessera.yaml -o name
+check "kubectl apply --dry-run=server --validate=strict (deploy/runtimeclass.yaml)" \
+  kubectl apply --dry-run=server --validate=strict -f deploy/runtimeclass.yaml -o name
 
 # ---------------------------------------------------------------- install / upgrade
 lap "helm install"

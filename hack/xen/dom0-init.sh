@@ -11,6 +11,7 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/xen /run/xenstored /var/lib/xenstored /var/lib/xen /var/log/xen /run/lock /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
+ip link set lo up # 127.0.0.1 for the shim part's unreachable-registry case
 up() { cut -d' ' -f1 /proc/uptime; }
 stage() { echo "=== STAGE $1 dom0-uptime=$(up)"; }
 stage dom0-init-start

@@ -2,14 +2,20 @@
 # `make e2e-xen`: boots Debian's Xen 4.17 with a Debian 6.1 dom0 under qemu TCG and runs a test
 # script in dom0 that creates real PV domains with `xl` (the guest image of
 # build-guest-image.sh, whose /init is tessera-guest-agent).
-# Stages (each timed): fetch/unpack (cached) -> guest image (cached by input hash) -> dom0
-# initramfs -> boot + test -> verdict. Exits 0 only when the test printed its PASS marker.
+# Stages (each timed): fetch/unpack (cached) -> guest image (cached by input hash) -> shim +
+# busybox OCI layout -> dom0 initramfs -> boot + test -> verdict. Exits 0 only when the test
+# printed its PASS marker.
+# The default test (hack/xen/tests/lane.sh) runs two parts in one boot: `agent` (the guest
+# protocol driven by hand with xl/xenstore) and `shim` (tessera-shim serving CRI in dom0, driven
+# by crictl). hack/xen/tests/ is copied to dom0's /usr/share/tessera/tests/.
 # Env:
-#   XEN_DOM0_TEST   dom0 test script (busybox sh; default hack/xen/tests/agent.sh), run as
+#   XEN_DOM0_TEST   dom0 test script (busybox sh; default hack/xen/tests/lane.sh), run as
 #                   /usr/share/tessera/test.sh; it must print "TESSERA-XEN-TEST: PASS".
+#   XEN_PARTS       parts lane.sh runs (default "agent shim").
 #   XEN_DOM0_BINS   extra binaries (space-separated paths) put in dom0's /usr/local/bin with their
-#                   shared libraries (the shim, crictl, ...).
-#   XEN_DOM0_FILES  extra files/dirs copied to /usr/share/tessera/files/ in dom0.
+#                   shared libraries (tessera-shim and crictl always are).
+#   XEN_DOM0_FILES  extra files/dirs copied to /usr/share/tessera/files/ in dom0 (the busybox
+#                   OCI layout always is, as busybox-oci/).
 #   XEN_TIMEOUT     seconds before qemu is killed (default 900).
 #   XEN_LOGS        log directory (default ~/.cache/tessera/xen-lab-4.17-<kver>/logs/<time>).
 #   XEN_SMP, XEN_MEM, XEN_DOM0_MEM  qemu vCPUs (2), qemu memory MiB (2048), dom0 memory (768M).
@@ -17,7 +23,7 @@ set -euo pipefail
 # shellcheck source=hack/xen/lib.sh
 . "$(dirname "$0")/lib.sh"
 T0=$(date +%s.%N)
-TEST=${XEN_DOM0_TEST:-$XEN_HERE/tests/agent.sh}
+TEST=${XEN_DOM0_TEST:-$XEN_HERE/tests/lane.sh}
 LOGS=${XEN_LOGS:-$XEN_CACHE/logs/$(date +%Y%m%d-%H%M%S)}
 TIMEOUT=${XEN_TIMEOUT:-900}
 PASS_MARKER="TESSERA-XEN-TEST: PASS"
@@ -28,6 +34,43 @@ xen_setup
 GUEST_DIR=$("$XEN_HERE/build-guest-image.sh" | tee "$LOGS/guest-image.log" | tail -1)
 grep -E '^(==>|<==|xen-guest:)' "$LOGS/guest-image.log" || true
 [ -f "$GUEST_DIR/initramfs.cpio.gz" ] || { echo "guest image build failed (see $LOGS/guest-image.log)" >&2; exit 1; }
+
+# tessera-shim for dom0 (release: the debug build is ~10x larger in the initramfs) and crictl.
+TD=${CARGO_TARGET_DIR:-$XEN_REPO/target}
+xen_step "build tessera-shim (release)" \
+  bash -c "cd '$XEN_REPO' && CARGO_TARGET_DIR='$TD' cargo build -q --release -p tessera-shim"
+SHIM_BIN=$TD/release/tessera-shim
+CRICTL_BIN=$(command -v crictl || true)
+[ -x "$CRICTL_BIN" ] || { echo "crictl not found (make deps builds it into ~/.cache/tessera/bin)" >&2; exit 2; }
+
+# The container image of the shim part: busybox-static as an OCI layout (umoci), tagged 1.36,
+# loaded in dom0 with `tessera-shim image load` (dom0 has no network, hence no registry).
+BUSYBOX_OCI=$XEN_CACHE/busybox-oci-$(sha256sum "$XEN_ROOT/bin/busybox" | cut -c1-12)-v1
+busybox_layout() {
+  local w=$BUSYBOX_OCI.tmp a
+  rm -rf "$w" && mkdir -p "$w"
+  (
+    cd "$w"
+    umoci init --layout oci
+    umoci new --image oci:1.36
+    umoci unpack --rootless --image oci:1.36 b > /dev/null
+    mkdir -p b/rootfs/bin b/rootfs/etc b/rootfs/tmp b/rootfs/root
+    cp "$XEN_ROOT/bin/busybox" b/rootfs/bin/busybox
+    for a in $("$XEN_ROOT/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "b/rootfs/bin/$a"; done
+    printf 'root:x:0:0:root:/root:/bin/sh\n' > b/rootfs/etc/passwd
+    printf 'root:x:0:\n' > b/rootfs/etc/group
+    umoci repack --image oci:1.36 b > /dev/null
+    rm -rf b
+    umoci config --image oci:1.36 --config.env PATH=/bin --config.cmd sh > /dev/null
+    umoci gc --layout oci
+  )
+  mv "$w/oci" "$BUSYBOX_OCI" && rm -rf "$w"
+}
+if [ -d "$BUSYBOX_OCI" ]; then
+  echo "busybox OCI layout cached: $BUSYBOX_OCI"
+else
+  xen_step "busybox OCI layout (umoci)" busybox_layout
+fi
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/e2e-xen.XXXX")
 QPID=
@@ -73,11 +116,14 @@ dom0_initramfs() {
     echo "/$rel" >> "$d/lib/modules/load.list"
   done < <(xen_mod_closure xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback loop)
   cp "$GUEST_DIR/vmlinux.gz" "$GUEST_DIR/initramfs.cpio.gz" "$d/usr/share/tessera/guest/"
-  # Payload of other lanes.
+  # The shim part's binaries and image, then the payload of other lanes.
   # shellcheck disable=SC2086 # a space-separated list of paths
-  [ -z "${XEN_DOM0_BINS:-}" ] || xen_copy_bins "$d" usr/local/bin $XEN_DOM0_BINS
+  xen_copy_bins "$d" usr/local/bin "$SHIM_BIN" "$CRICTL_BIN" ${XEN_DOM0_BINS:-}
+  strip "$d/usr/local/bin/tessera-shim" 2> /dev/null || true
+  cp -r "$BUSYBOX_OCI" "$d/usr/share/tessera/files/busybox-oci"
   # shellcheck disable=SC2086
   [ -z "${XEN_DOM0_FILES:-}" ] || cp -r $XEN_DOM0_FILES "$d/usr/share/tessera/files/"
+  cp -r "$XEN_HERE/tests" "$d/usr/share/tessera/tests"
   cp "$TEST" "$d/usr/share/tessera/test.sh"
   cat > "$d/etc/tessera/dom0.env" <<ENV
 # The Xen lane's dom0 layout (sourced by /init and the test script).
@@ -87,6 +133,7 @@ TESSERA_XL=/usr/lib/xen-4.17/bin/xl
 TESSERA_MKE2FS=/sbin/mke2fs
 TESSERA_FILES=/usr/share/tessera/files
 TESSERA_KVER=$XEN_KVER
+TESSERA_XEN_PARTS="${XEN_PARTS:-agent shim}"
 ENV
   cp "$XEN_HERE/dom0-init.sh" "$d/init"
   chmod +x "$d/init" "$d/usr/share/tessera/test.sh" "$d/etc/xen/scripts/block"
@@ -131,8 +178,8 @@ boot() {
 xen_step "boot Xen 4.17 + dom0 under qemu TCG, run $(basename "$TEST") in dom0" boot
 
 echo "--- serial log highlights ($LOG)"
-grep -E '=== STAGE|=== |TEST |TIMING|TESSERA-XEN-TEST|XEN-DOM0-TEST|Panic|panic|tessera-guest-agent|container|exec done|xl create' "$LOG" |
-  grep -v 'guest_loglvl' | head -80 || true
+grep -E '=== STAGE|=== |TEST |TIMING|TESSERA-XEN-|XEN-DOM0-TEST|Panic|panic|tessera-guest-agent|container|exec done|xl create' "$LOG" |
+  grep -v 'guest_loglvl' | head -150 || true
 printf '=== e2e-xen total: %.1f s\n' "$(echo "$(date +%s.%N) - $T0" | bc)"
 if grep -q "$PASS_MARKER" "$LOG"; then
   echo "e2e-xen: PASS (logs in $LOGS)"

@@ -53,7 +53,8 @@ xen_copy_bins() {
   shift 2
   mkdir -p "$dest/$dir" "$dest/lib/x86_64-linux-gnu" "$dest/lib64"
   for b in "$@"; do cp -L "$b" "$dest/$dir/"; done
-  for b in "$@"; do LD_LIBRARY_PATH=$(xen_ldpath) ldd "$b"; done |
+  # Static binaries (crictl) have no closure: ldd says so and fails.
+  for b in "$@"; do LD_LIBRARY_PATH=$(xen_ldpath) ldd "$b" 2> /dev/null || true; done |
     awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u | while read -r lib; do
       case $lib in
         /lib64/*) cp -L "$lib" "$dest/lib64/" ;;

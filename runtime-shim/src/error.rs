@@ -24,6 +24,8 @@ pub enum ShimError {
     NoUpstream { handler: String },
     #[error("hypervisor: {0}")]
     Hypervisor(String),
+    #[error("apiserver: {0}")]
+    ApiServer(String),
     #[error("`{command}` failed (exit {status}): {stderr}")]
     Command {
         command: String,
@@ -88,6 +90,7 @@ impl ShimError {
                 Code::Unavailable
             }
             ShimError::Timeout { .. } => Code::DeadlineExceeded,
+            ShimError::ApiServer(_) => Code::Unavailable,
             ShimError::Image { .. } | ShimError::Registry { .. } => Code::Unknown,
             _ => Code::Internal,
         }

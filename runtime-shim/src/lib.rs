@@ -9,6 +9,7 @@ pub mod server;
 pub mod service;
 pub mod upstream;
 pub mod util;
+pub mod vgpu;
 pub mod xen;
 
 /// CRI `runtime.v1`, generated from the vendored upstream proto (see build.rs).

@@ -79,6 +79,27 @@ pub struct ServeArgs {
     pub cgroup_driver: String,
     #[arg(long, default_value = "mke2fs")]
     pub mke2fs: String,
+    /// Kubeconfig for VGpuClaim lookups (pods naming a claim with tessera.dev/vgpu-claim).
+    #[arg(long, env = "TESSERA_SHIM_KUBECONFIG", conflicts_with = "apiserver")]
+    pub kubeconfig: Option<PathBuf>,
+    /// apiserver URL for VGpuClaim lookups with the ServiceAccount files in --credentials-dir.
+    #[arg(long, env = "TESSERA_SHIM_APISERVER")]
+    pub apiserver: Option<String>,
+    /// Directory with the tessera-shim ServiceAccount's token and ca.crt (the chart's installer
+    /// keeps them current there).
+    #[arg(long, default_value = "/etc/tessera/shim")]
+    pub credentials_dir: PathBuf,
+    /// This node's name as the operator writes it into VGpuClaim allocations (default: hostname).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// How the guest reaches the GPU proxy, passed as the allocation's idmChannel.
+    #[arg(long)]
+    pub idm_channel: Option<String>,
+    /// Honour the tessera.dev/vgpu-allocation pod annotation (an allocation verbatim). For tests
+    /// and Xen-only nodes without an apiserver: on a shared cluster it lets a pod author name any
+    /// GPU share.
+    #[arg(long)]
+    pub allow_allocation_annotation: bool,
 }
 
 impl ServeArgs {
@@ -138,6 +159,27 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         None
     };
+    let access = match (&args.kubeconfig, &args.apiserver) {
+        (Some(k), _) => Some(crate::vgpu::KubeAccess::Kubeconfig(k.clone())),
+        (None, Some(a)) => Some(crate::vgpu::KubeAccess::ServiceAccount {
+            apiserver: a.clone(),
+            dir: args.credentials_dir.clone(),
+        }),
+        (None, None) => None,
+    };
+    let claims = match (&access, &xen) {
+        (Some(a), Some(_)) => {
+            let node = match &args.node_name {
+                Some(n) => n.clone(),
+                None => nix::unistd::gethostname()
+                    .map_err(|e| ShimError::Config(format!("reading the hostname: {e}")))?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            Some(crate::vgpu::ClaimResolver::connect(a, node, args.idm_channel.clone()).await?)
+        }
+        _ => None,
+    };
     if upstream.is_none() && xen.is_none() {
         return Err(ShimError::Config(
             "--upstream none without --xen leaves nothing to serve".into(),
@@ -178,6 +220,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         upstream,
         xen,
         cgroup_driver,
+        pull_auth: Default::default(),
+        claims,
+        allow_allocation_annotation: args.allow_allocation_annotation,
     };
     let shutdown = async {
         let mut term =

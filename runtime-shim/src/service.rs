@@ -5,7 +5,10 @@
 //!   `Unavailable` rather than silently hiding the upstream's pods from kubelet; Xen-owned ids
 //!   keep working. Without an upstream (a Xen-only node) lists hold Xen pods only.
 //! - Images go by `ImageSpec.runtime_handler` (KEP-4216): the Xen handler's images live in the
-//!   shim's own store, the rest in the upstream's.
+//!   shim's own store, the rest in the upstream's; on a Xen-only node (no upstream) all of them
+//!   live in the shim's store. A Xen CreateContainer whose image the store lacks pulls it first,
+//!   with the credentials of a recent delegated pull of the same image (kubelet sends no handler
+//!   on pulls unless the RuntimeClassInImageCriAPI gate is on).
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use crate::cri;
 use crate::cri::image_service_server::ImageService;
 use crate::cri::runtime_service_server::RuntimeService;
 use crate::error::ShimError;
+use crate::image::PullAuthCache;
 use crate::upstream::Upstream;
 use crate::xen::XenRuntime;
 
@@ -25,6 +29,12 @@ pub struct Shim {
     pub xen: Option<Arc<XenRuntime>>,
     /// Reported by RuntimeConfig when the upstream cannot say (containerd < 1.7) or is absent.
     pub cgroup_driver: cri::CgroupDriver,
+    /// Credentials of delegated pulls, for Xen CreateContainer's pull of a missing image.
+    pub pull_auth: Arc<PullAuthCache>,
+    /// VGpuClaim lookups (None without apiserver access).
+    pub claims: Option<crate::vgpu::ClaimResolver>,
+    /// Honour `tessera.dev/vgpu-allocation` (tests and Xen-only nodes without an apiserver).
+    pub allow_allocation_annotation: bool,
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -45,6 +55,15 @@ impl Shim {
             .as_ref()
             .filter(|x| x.handler() == handler)
             .cloned()
+    }
+
+    /// Image calls: the Xen store for the Xen handler, and for every image on a Xen-only node
+    /// (no upstream to hold the others).
+    fn xen_for_image(&self, spec: Option<&cri::ImageSpec>) -> Option<Arc<XenRuntime>> {
+        if self.upstream.is_none() {
+            return self.xen.clone();
+        }
+        self.xen_for_handler(handler_of(spec))
     }
 
     fn xen_sandbox(&self, id: &str) -> Option<Arc<XenRuntime>> {
@@ -225,9 +244,45 @@ impl RuntimeService for Shim {
             let config = r
                 .config
                 .ok_or_else(|| Status::invalid_argument("CreateContainer without config"))?;
-            let id =
-                blocking(move || x.create_container(&r.pod_sandbox_id, config, r.sandbox_config))
-                    .await?;
+            // kubelet's pull may have gone to containerd (no handler in the ImageSpec): pull
+            // into the Xen store now, with the credentials of that pull when there were any.
+            let image = config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default();
+            let (x2, name) = (x.clone(), image.clone());
+            if !image.is_empty() && blocking(move || x2.images().find(&name)).await?.is_none() {
+                let auth = self.pull_auth.get(&image);
+                crate::image::registry::pull(x.images(), &image, auth.as_ref())
+                    .await
+                    .map_err(|e| {
+                        Status::from(ShimError::Image {
+                            reference: image.clone(),
+                            message: format!(
+                                "not in the shim's image store and pulling it failed: {e}"
+                            ),
+                        })
+                    })?;
+            }
+            // The vGPU allocation comes from the pod's VGpuClaim (apiserver), checked here.
+            let pod = match r.sandbox_config.clone() {
+                Some(c) => c,
+                None => {
+                    let (x2, sid) = (x.clone(), r.pod_sandbox_id.clone());
+                    blocking(move || x2.sandbox_config(&sid)).await?
+                }
+            };
+            let meta = pod.metadata.clone().unwrap_or_default();
+            let vgpu = crate::vgpu::for_pod(
+                &pod.annotations,
+                &meta.namespace,
+                &meta.uid,
+                self.claims.as_ref(),
+                self.allow_allocation_annotation,
+            )
+            .await?;
+            let id = blocking(move || x.create_container(&r.pod_sandbox_id, config, vgpu)).await?;
             return Ok(Response::new(cri::CreateContainerResponse {
                 container_id: id,
             }));
@@ -632,7 +687,7 @@ impl ImageService for Shim {
         &self,
         req: Request<cri::ImageStatusRequest>,
     ) -> R<cri::ImageStatusResponse> {
-        if let Some(x) = self.xen_for_handler(handler_of(req.get_ref().image.as_ref())) {
+        if let Some(x) = self.xen_for_image(req.get_ref().image.as_ref()) {
             let name = req
                 .get_ref()
                 .image
@@ -650,7 +705,7 @@ impl ImageService for Shim {
     }
 
     async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> R<cri::PullImageResponse> {
-        if let Some(x) = self.xen_for_handler(handler_of(req.get_ref().image.as_ref())) {
+        if let Some(x) = self.xen_for_image(req.get_ref().image.as_ref()) {
             let name = req
                 .get_ref()
                 .image
@@ -663,6 +718,10 @@ impl ImageService for Shim {
                 image_ref: image.id,
             }));
         }
+        if let Some(spec) = &req.get_ref().image {
+            self.pull_auth
+                .remember(&spec.image, req.get_ref().auth.as_ref());
+        }
         fwd_img!(self, req, pull_image)
     }
 
@@ -670,7 +729,7 @@ impl ImageService for Shim {
         &self,
         req: Request<cri::RemoveImageRequest>,
     ) -> R<cri::RemoveImageResponse> {
-        if let Some(x) = self.xen_for_handler(handler_of(req.get_ref().image.as_ref())) {
+        if let Some(x) = self.xen_for_image(req.get_ref().image.as_ref()) {
             let name = req
                 .get_ref()
                 .image

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::error::{AgentError, Result};
 use super::protocol::{
     ContainerSpec, ExecRequest, Keys, LogChunk, MAX_UNCONSUMED_LOG_CHUNKS, PROTOCOL_VERSION,
-    PodInfo, Stream, encode_exec_result, exit_code_of, now_ns,
+    PodInfo, Stream, encode_exec_failure, encode_exec_result, exit_code_of, now_ns,
 };
 use super::runner::{self, ExecOutcome, Launch, LogMsg};
 use super::xenbus::Store;
@@ -485,10 +485,18 @@ impl<S: Store> Agent<S> {
 
     fn write_exec(&mut self, n: u64, o: &ExecOutcome) -> Result<()> {
         let w = encode_exec_result(o.exit_code, &o.stdout, &o.stderr, o.timed_out, o.truncated)?;
-        for (k, v) in &w.chunks {
-            self.put(&format!("exec/{n}/{k}"), v)?;
+        let written = w
+            .chunks
+            .iter()
+            .try_for_each(|(k, v)| self.put(&format!("exec/{n}/{k}"), v))
+            .and_then(|()| self.put(&format!("exec/{n}/result"), &w.result));
+        if let Err(e) = written {
+            // A result must still arrive, or the host waits for it until its timeout.
+            tracing::warn!(n, error = %e, "writing the exec output failed; reporting without it");
+            let _ = self.store.rm(&self.keys.guest(&format!("exec/{n}")));
+            let failure = encode_exec_failure(o.exit_code, o.timed_out, &e.to_string())?;
+            self.put(&format!("exec/{n}/result"), &failure)?;
         }
-        self.put(&format!("exec/{n}/result"), &w.result)?;
         tracing::info!(
             n,
             exit_code = o.exit_code,

@@ -159,6 +159,24 @@ impl Store for FakeStore {
                 errno: "EACCES".into(),
             });
         }
+        // xenstored's default entry-size quota for an unprivileged domain: the stored node
+        // (header + one permission + value) must stay under 2048 bytes.
+        if 16 + 8 + value.len() >= 2048 {
+            return Err(AgentError::Xenstore {
+                op: "WRITE",
+                path,
+                errno: "ENOSPC".into(),
+            });
+        }
+        // xenstored's default entry-size quota for an unprivileged domain: the stored node
+        // (header + one permission + value) must stay under 2048 bytes.
+        if 16 + 8 + value.len() >= 2048 {
+            return Err(AgentError::Xenstore {
+                op: "WRITE",
+                path,
+                errno: "ENOSPC".into(),
+            });
+        }
         let mut g = self.lock();
         g.kv.insert(path.clone(), value.to_string());
         if let Some(i) = path.find("/data/tessera/log/") {

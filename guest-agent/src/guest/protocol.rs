@@ -9,15 +9,19 @@ use super::error::{AgentError, Result};
 
 /// The only protocol version this agent speaks.
 pub const PROTOCOL_VERSION: &str = "1";
-/// Raw bytes per log / exec output chunk: 2048 bytes are 2732 base64 characters, which with the
-/// JSON wrapper and the path stays under xenstore's 4096-byte payload (3 KiB would not).
-pub const CHUNK_BYTES: usize = 2048;
+/// Longest value this agent writes. xenstored refuses (ENOSPC) a node of an unprivileged domain
+/// whose stored size (a small header, the permissions, the value) reaches its per-domain
+/// `entry-size` quota, 2048 bytes by default; the 4096-byte wire payload limit only binds dom0.
+pub const GUEST_VALUE_MAX: usize = 1900;
+/// Raw bytes per log / exec output chunk: 1350 bytes are 1800 base64 characters, which with the
+/// log chunk's JSON wrapper (~60 bytes) stays under [`GUEST_VALUE_MAX`].
+pub const CHUNK_BYTES: usize = 1350;
 /// Unconsumed `log/<seq>` chunks the guest keeps before it stops reading the pipes.
 pub const MAX_UNCONSUMED_LOG_CHUNKS: usize = 256;
 /// Cap of each exec output stream.
 pub const EXEC_OUTPUT_CAP: usize = 256 * 1024;
 /// An exec result whose inline form is longer than this moves its output to chunk keys.
-pub const INLINE_RESULT_MAX: usize = 3900;
+pub const INLINE_RESULT_MAX: usize = GUEST_VALUE_MAX;
 
 /// Key paths below `D = /local/domain/<domid>`.
 #[derive(Debug, Clone)]
@@ -206,6 +210,26 @@ pub struct ExecResult {
     pub stdout_chunks: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_chunks: Option<usize>,
+    /// Why the output is missing (the guest could not write its keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The result written when the output keys could not be written: the exit code survives.
+pub fn encode_exec_failure(exit_code: i32, timed_out: bool, why: &str) -> Result<String> {
+    let mut why = why.to_string();
+    why.truncate(512);
+    serde_json::to_string(&ExecResult {
+        exit_code,
+        timed_out,
+        truncated: true,
+        error: Some(why),
+        ..Default::default()
+    })
+    .map_err(|e| AgentError::Json {
+        context: "exec result".into(),
+        source: e,
+    })
 }
 
 /// What the agent writes for one finished exec: extra chunk keys (relative to
@@ -238,6 +262,7 @@ pub fn encode_exec_result(
         truncated,
         stdout_chunks: None,
         stderr_chunks: None,
+        error: None,
     };
     let inline = json(&r)?;
     if inline.len() <= INLINE_RESULT_MAX {
@@ -315,6 +340,7 @@ mod tests {
         let json = c.to_json().expect("json");
         let path = Keys::new(u32::MAX).guest("log/4294967295");
         assert!(path.len() + 1 + json.len() <= super::super::xenbus::XENSTORE_PAYLOAD_MAX);
+        assert!(json.len() <= GUEST_VALUE_MAX, "{} bytes", json.len());
         assert!(json.starts_with(r#"{"stream":"stderr","t":"#));
         assert_eq!(c.decode_data().expect("b64"), vec![0xffu8; CHUNK_BYTES]);
     }
@@ -332,11 +358,13 @@ mod tests {
         let r: ExecResult = serde_json::from_str(&w.result).expect("json");
         assert_eq!(
             (r.stdout_chunks, r.stderr_chunks, r.truncated),
-            (Some(3), Some(1), true)
+            (Some(4), Some(1), true)
         );
-        assert_eq!(w.chunks.len(), 4);
+        assert_eq!(w.chunks.len(), 5);
         assert_eq!(w.chunks[0].0, "stdout/0");
-        assert_eq!(w.chunks[3].0, "stderr/0");
+        assert_eq!(w.chunks[4].0, "stderr/0");
+        assert!(w.chunks.iter().all(|(_, v)| v.len() <= GUEST_VALUE_MAX));
+        assert!(w.result.len() <= GUEST_VALUE_MAX);
         let mut back = Vec::new();
         for (k, v) in &w.chunks {
             if k.starts_with("stdout/") {
@@ -344,5 +372,14 @@ mod tests {
             }
         }
         assert_eq!(back, big);
+    }
+
+    #[test]
+    fn a_failed_output_write_still_reports_the_exit_code() {
+        let v = encode_exec_failure(3, false, &"x".repeat(5000)).expect("enc");
+        let r: ExecResult = serde_json::from_str(&v).expect("json");
+        assert_eq!((r.exit_code, r.truncated), (3, true));
+        assert_eq!(r.error.as_deref().map(str::len), Some(512));
+        assert!(v.len() <= GUEST_VALUE_MAX);
     }
 }

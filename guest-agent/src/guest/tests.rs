@@ -243,9 +243,9 @@ fn exec_timeout_and_large_output_are_reported() {
     assert!(r.timed_out);
     assert_eq!(r.exit_code, 137);
     let r = h.exec(1, &["sh", "-c", "head -c 10000 /dev/zero"], 10);
-    assert_eq!((r.exit_code, r.stdout_chunks), (0, Some(5)));
+    assert_eq!((r.exit_code, r.stdout_chunks), (0, Some(8)));
     let mut all = Vec::new();
-    for i in 0..5 {
+    for i in 0..8 {
         let v = h
             .store
             .get(&h.key(&format!("exec/1/stdout/{i}")))
@@ -257,7 +257,7 @@ fn exec_timeout_and_large_output_are_reported() {
 
 #[test]
 fn log_back_pressure_keeps_at_most_256_unconsumed_chunks_and_loses_nothing() {
-    let total = 1_500_000usize; // ~730 chunks of 2 KiB
+    let total = 1_500_000usize; // ~1100 chunks of 1350 bytes
     let h = start(
         &["sh", "-c", &format!("head -c {total} /dev/zero")],
         false,

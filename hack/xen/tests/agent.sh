@@ -1,5 +1,5 @@
 #!/bin/sh
-# Agent-only lane test (default XEN_DOM0_TEST; runs in dom0 under busybox sh). Plays the shim's
+# Agent part of the Xen lane (run by lane.sh in dom0 under busybox sh). Plays the shim's
 # part with xl and xenstore-write exactly as docs/xen-guest-protocol.md says:
 #  1. busybox rootfs dir -> mke2fs -d ext4 image -> xl create -p (guest kernel/initramfs + xvda)
 #     -> D/tessera keys -> xl unpause -> control/start=1 -> state=exited; log chunks decode to
@@ -8,7 +8,7 @@
 #  2. args = a missing binary -> state=exited, exitCode=127.
 #  3. /bin/sleep 600 running: exec sees the container env/cwd; control/signal=TERM -> exitCode 143.
 #  4. a bogus kernel path -> xl create fails, no domain left.
-# Prints "TESSERA-XEN-TEST: PASS" when everything held.
+# Prints "TESSERA-XEN-PART agent: PASS" when everything held.
 set -u
 # shellcheck source=/dev/null
 . /etc/tessera/dom0.env
@@ -205,5 +205,5 @@ else
 fi
 only_dom0_left
 
-if [ "$FAILED" = 0 ]; then echo "TESSERA-XEN-TEST: PASS"; else echo "TESSERA-XEN-TEST: FAIL"; fi
+if [ "$FAILED" = 0 ]; then echo "TESSERA-XEN-PART agent: PASS"; else echo "TESSERA-XEN-PART agent: FAIL"; fi
 exit "$FAILED"

@@ -4,6 +4,7 @@
 //! are spoken to over plain http; every other one over https with the system's roots.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -79,7 +80,7 @@ impl Session {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| reg_err(&self.registry, format!("GET {url}: {e}")))?;
+                .map_err(|e| reg_err(&self.registry, format!("GET {url}: {}", chain(&e))))?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = resp
@@ -127,11 +128,9 @@ impl Session {
                 let req = rb
                     .body(Empty::new())
                     .map_err(|e| reg_err(&self.registry, e.to_string()))?;
-                let resp = self
-                    .client
-                    .request(req)
-                    .await
-                    .map_err(|e| reg_err(&self.registry, format!("token {realm}: {e}")))?;
+                let resp = self.client.request(req).await.map_err(|e| {
+                    reg_err(&self.registry, format!("token {realm}: {}", chain(&e)))
+                })?;
                 let ok = resp.status().is_success();
                 let body = resp
                     .into_body()
@@ -169,6 +168,21 @@ impl Session {
     }
 }
 
+/// An error with its causes ("client error (Connect): tcp connect error: Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Pulls `image` into `store` (a no-op when a digest reference is already stored).
 pub async fn pull(
     store: &ImageStore,
@@ -181,21 +195,31 @@ pub async fn pull(
     {
         return Ok(found);
     }
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| reg_err(&r.registry, format!("loading the system's TLS roots: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let registry_host = if r.registry == "docker.io" {
-        "registry-1.docker.io"
-    } else {
-        &r.registry
-    };
     let scheme = if insecure(&r.registry) {
         "http"
     } else {
         "https"
+    };
+    let builder = if scheme == "http" {
+        // Plain HTTP needs no roots; a host without a CA bundle (a minimal dom0) still pulls.
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| reg_err(&r.registry, format!("TLS setup: {e}")))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
+    } else {
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| reg_err(&r.registry, format!("loading the system's TLS roots: {e}")))?
+    };
+    let https = builder.https_or_http().enable_http1().build();
+    let registry_host = if r.registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        &r.registry
     };
     let basic = auth.and_then(|a| {
         if !a.auth.is_empty() {
@@ -298,6 +322,25 @@ mod tests {
         assert_eq!(c["realm"], "https://auth.docker.io/token");
         assert_eq!(c["scope"], "repository:library/busybox:pull");
         assert!(parse_challenge("Basic realm=x").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_named_with_the_cause_and_stores_nothing() {
+        // A port nothing listens on: bind, note, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(d.path()).unwrap();
+        let e = pull(&store, &format!("127.0.0.1:{port}/x/y:1"), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("registry 127.0.0.1:{port}")), "{e}");
+        assert!(e.to_lowercase().contains("connection refused"), "{e}");
+        assert!(store.list().unwrap().is_empty());
     }
 
     #[test]

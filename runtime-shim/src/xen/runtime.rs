@@ -22,10 +22,6 @@ use crate::error::{Result, ShimError};
 use crate::image::{ImageStore, StoredImage, rootfs};
 use crate::util::{cri_log_lines, new_id, now_ns};
 
-/// Pod annotation carrying the VGpuClaim allocation (JSON) that the guest sees as
-/// `tessera/vgpu/allocation` and `/run/tessera/vgpu.json`.
-pub const VGPU_ALLOCATION_ANNOTATION: &str = "tessera.dev/vgpu-allocation";
-
 #[derive(Debug, Clone)]
 pub struct XenConfig {
     pub handler: String,
@@ -220,6 +216,15 @@ impl XenRuntime {
         Ok(id)
     }
 
+    /// The config RunPodSandbox got (its annotations name the pod's VGpuClaim).
+    pub fn sandbox_config(&self, id: &str) -> Result<cri::PodSandboxConfig> {
+        let st = self.lock()?;
+        let sid = self
+            .resolve_sandbox(&st, id)
+            .ok_or_else(|| ShimError::not_found("pod sandbox", id))?;
+        Ok(st.sandboxes[&sid].config.clone())
+    }
+
     pub fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let (sid, cid) = {
             let st = self.lock()?;
@@ -352,7 +357,7 @@ impl XenRuntime {
         &self,
         sandbox_id: &str,
         config: cri::ContainerConfig,
-        sandbox_config: Option<cri::PodSandboxConfig>,
+        vgpu: Option<String>,
     ) -> Result<String> {
         let meta = config
             .metadata
@@ -406,21 +411,6 @@ impl XenRuntime {
             image.config.working_dir.clone().unwrap_or_default()
         } else {
             config.working_dir.clone()
-        };
-        let pod_annotations = sandbox_config
-            .as_ref()
-            .map(|c| c.annotations.clone())
-            .unwrap_or_else(|| sandbox.config.annotations.clone());
-        let vgpu = match pod_annotations.get(VGPU_ALLOCATION_ANNOTATION) {
-            Some(a) => Some(
-                serde_json::from_str::<serde_json::Value>(a)
-                    .map_err(|source| ShimError::Json {
-                        what: format!("pod annotation {VGPU_ALLOCATION_ANNOTATION}"),
-                        source,
-                    })?
-                    .to_string(),
-            ),
-            None => None,
         };
 
         let id = new_id(&format!("{sid}/{}", meta.name));
@@ -534,11 +524,30 @@ impl XenRuntime {
                 }
                 _ => {}
             }
-            if self.hv.find(domain)?.is_none() {
-                return Err(ShimError::Guest {
-                    domain: domain.into(),
-                    message: "the domain died while booting (see the xen console log)".into(),
-                });
+            match self.hv.find(domain)? {
+                None => {
+                    return Err(ShimError::Guest {
+                        domain: domain.into(),
+                        message: "the domain died while booting (see the xen console log)".into(),
+                    });
+                }
+                // The config preserves crashed/shut-down domains (so their keys stay readable);
+                // during boot either one means the guest never came up.
+                Some(info) if info.state.contains(['c', 's']) => {
+                    return Err(ShimError::Guest {
+                        domain: domain.into(),
+                        message: format!(
+                            "the domain {} while booting (xl state {}; see the xen console log)",
+                            if info.state.contains('c') {
+                                "crashed"
+                            } else {
+                                "shut down"
+                            },
+                            info.state
+                        ),
+                    });
+                }
+                Some(_) => {}
             }
             if Instant::now() >= deadline {
                 return Err(ShimError::Timeout {
@@ -948,6 +957,7 @@ impl XenRuntime {
         )?;
         let key = format!("{d}/data/tessera/exec/{n}/result");
         let deadline = Instant::now() + Duration::from_secs(secs + 2);
+        let mut polls = 0u64;
         loop {
             if let Some(v) = self.xs.read(&key)? {
                 let r: serde_json::Value =
@@ -955,6 +965,8 @@ impl XenRuntime {
                         what: format!("exec result of domain {domain}"),
                         source,
                     })?;
+                let stdout = self.exec_output(&d, n, &r, "stdout", &domain);
+                let stderr = self.exec_output(&d, n, &r, "stderr", &domain);
                 let _ = self.xs.rm(&format!("{d}/data/tessera/exec/{n}"));
                 if r["timedOut"].as_bool() == Some(true) {
                     return Err(ShimError::Timeout {
@@ -962,10 +974,21 @@ impl XenRuntime {
                         seconds: secs,
                     });
                 }
-                let dec = |k: &str| B64.decode(r[k].as_str().unwrap_or("")).unwrap_or_default();
+                if let Some(why) = r["error"].as_str() {
+                    return Err(ShimError::Guest {
+                        domain,
+                        message: format!(
+                            "exec in container {cid} exited with {} but its output could not be transferred: {why}",
+                            r["exitCode"].as_i64().unwrap_or(-1)
+                        ),
+                    });
+                }
+                if r["truncated"].as_bool() == Some(true) {
+                    warn!(container = %cid, "exec output exceeded the guest's 256 KiB cap and was truncated");
+                }
                 return Ok(cri::ExecSyncResponse {
-                    stdout: dec("stdout"),
-                    stderr: dec("stderr"),
+                    stdout: stdout?,
+                    stderr: stderr?,
                     exit_code: i32::try_from(r["exitCode"].as_i64().unwrap_or(-1)).unwrap_or(-1),
                 });
             }
@@ -975,8 +998,55 @@ impl XenRuntime {
                     seconds: secs,
                 });
             }
+            // A guest whose agent failed, or a domain that is gone, will never answer.
+            polls += 1;
+            if self.xs.read(&format!("{d}/data/tessera/state"))?.as_deref() == Some("error")
+                || (polls.is_multiple_of(20) && self.hv.find(&domain)?.is_none())
+            {
+                return Err(ShimError::Guest {
+                    domain,
+                    message: format!("the guest stopped answering exec {n} of container {cid}"),
+                });
+            }
             std::thread::sleep(self.cfg.poll);
         }
+    }
+
+    /// One stream of an exec result: inline base64, or (large output) `<stream>Chunks` keys
+    /// `exec/<n>/<stream>/<i>` that the guest wrote before the result.
+    fn exec_output(
+        &self,
+        d: &str,
+        n: u64,
+        r: &serde_json::Value,
+        stream: &str,
+        domain: &str,
+    ) -> Result<Vec<u8>> {
+        let bad = |message: String| ShimError::Guest {
+            domain: domain.into(),
+            message,
+        };
+        let decode = |what: &str, v: &str| {
+            B64.decode(v)
+                .map_err(|e| bad(format!("exec {stream} {what} is not base64: {e}")))
+        };
+        let Some(k) = r[format!("{stream}Chunks")].as_u64() else {
+            return decode("inline", r[stream].as_str().unwrap_or(""));
+        };
+        // 256 KiB cap / 2 KiB per chunk: anything far beyond is a malformed result.
+        if k > 1024 {
+            return Err(bad(format!("exec result names {k} {stream} chunks")));
+        }
+        let mut out = Vec::new();
+        for i in 0..k {
+            let key = format!("{d}/data/tessera/exec/{n}/{stream}/{i}");
+            let v = self
+                .xs
+                .read(&key)?
+                .ok_or_else(|| bad(format!("exec {stream} chunk {i} of {k} is missing")))?;
+            out.extend(decode(&format!("chunk {i}"), &v)?);
+        }
+        Ok(out)
     }
 
     pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
@@ -1043,3 +1113,6 @@ impl XenRuntime {
         self.container_key(id).map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -108,7 +108,12 @@ impl XenStore for XsUnixStore {
     }
 }
 
-/// In-memory xenstore for unit tests (a flat map of full paths; parents are implied).
+/// xenstored's payload limit (XENSTORE_PAYLOAD_MAX): a write's path + NUL + value must fit.
+pub const XENSTORE_PAYLOAD_MAX: usize = 4096;
+
+/// In-memory xenstore for unit tests (a flat map of full paths; parents are implied). It refuses
+/// writes over xenstored's payload limit as xenstored does; runtime-shim/tests/xenstored.rs
+/// checks that both answer alike.
 #[derive(Debug, Default)]
 pub struct MemStore {
     pub keys: Mutex<BTreeMap<String, String>>,
@@ -120,6 +125,13 @@ impl XenStore for MemStore {
     }
 
     fn write(&self, path: &str, value: &str) -> Result<()> {
+        if path.len() + 1 + value.len() > XENSTORE_PAYLOAD_MAX {
+            return Err(ShimError::XenStore {
+                op: "write",
+                path: path.into(),
+                source: io::Error::from_raw_os_error(libc::E2BIG),
+            });
+        }
         if let Ok(mut k) = self.keys.lock() {
             k.insert(path.to_string(), value.to_string());
         }
