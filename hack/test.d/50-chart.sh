@@ -198,9 +198,9 @@ expect yes tessera-gpu-proxy get tesseranodes.tessera.dev
 expect no tessera-gpu-proxy list tesseranodes.tessera.dev
 expect no tessera-gpu-proxy patch vgpuclaims.tessera.dev:status default
 expect no tessera-gpu-proxy get secrets $NS
-for v in get list watch; do expect yes tessera-shim $v vgpuclaims.tessera.dev default; done
-expect yes tessera-shim get pods default
-expect no tessera-shim list pods default
+expect yes tessera-shim get vgpuclaims.tessera.dev default
+for v in list watch update; do expect no tessera-shim $v vgpuclaims.tessera.dev default; done
+expect no tessera-shim get pods default
 expect no tessera-shim create pods default
 expect no tessera-shim get secrets $NS
 check "kubectl auth can-i matrix (operator, node-agent, gpu-proxy, shim)" test $matrix_fail = 0
