@@ -103,8 +103,8 @@ for gv in api/v1 apis/apps/v1 apis/rbac.authorization.k8s.io/v1 apis/node.k8s.io
 done
 python3 hack/chart/jsonschemas.py openapi "$SCHEMAS" "$WORK"/openapi/*.json
 # ServiceMonitor/PrometheusRule: their CRDs (Prometheus Operator) are not available offline.
-check "kubeconform -strict: rendered chart (built-in kinds from the apiserver's OpenAPI, CRDs; skipped: ServiceMonitor, PrometheusRule)" \
-  kubeconform -strict -summary -skip ServiceMonitor,PrometheusRule -schema-location "$LOC" "$WORK/full.yaml"
+check "kubeconform -strict: rendered chart (built-in kinds from the apiserver's OpenAPI, CRDs; skipped: ServiceMonitor, PodMonitor, PrometheusRule)" \
+  kubeconform -strict -summary -skip ServiceMonitor,PodMonitor,PrometheusRule -schema-location "$LOC" "$WORK/full.yaml"
 sed 's/^  replicas: 2$/  replicaz: 2/' deploy/rendered/tessera.yaml >"$WORK/typo.yaml"
 if kubeconform -strict -schema-location "$LOC" "$WORK/typo.yaml" >/dev/null; then
   fail "kubeconform -strict rejects a misspelt Deployment field"

@@ -123,6 +123,9 @@ pub async fn publish_event(
     }
 }
 
+/// Port of the node agent's `/metrics` and `/healthz` (its `--listen` default).
+pub const NODE_AGENT_METRICS_PORT: u16 = 9102;
+
 /// The node-agent DaemonSet the operator keeps in place: privileged (it runs zpool, mdadm, lvm and
 /// smartctl), on every selected node, tolerating every taint (storage nodes are often tainted).
 pub fn node_agent_daemonset(cfg: &NodeAgentConfig) -> serde_json::Value {
@@ -148,6 +151,11 @@ pub fn node_agent_daemonset(cfg: &NodeAgentConfig) -> serde_json::Value {
                         "args": cfg.args,
                         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                         "securityContext": {"privileged": true},
+                        // The agent's --listen default (0.0.0.0:9102): /metrics for the chart's
+                        // PodMonitor (the SMART / pool / fallback alerts), /healthz for liveness.
+                        "ports": [{"name": "metrics", "containerPort": NODE_AGENT_METRICS_PORT}],
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"},
+                                          "initialDelaySeconds": 10, "periodSeconds": 20, "failureThreshold": 6},
                         "volumeMounts": [mount("dev", "/dev"), mount("sys", "/sys"), mount("udev", "/run/udev"), mount("modules", "/lib/modules")],
                     }],
                     "volumes": [host("dev", "/dev"), host("sys", "/sys"), host("udev", "/run/udev"), host("modules", "/lib/modules")],
