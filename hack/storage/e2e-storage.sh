@@ -175,6 +175,28 @@ check "zfs: zpool offline -> Degraded=True, health DEGRADED" py zfs-degraded 'co
 check "zfs: the offline member is reported OFFLINE" py zfs-degraded 'any(m["device"] == "/dev/vdn1" and m["state"] == "OFFLINE" for m in d["members"])'
 check "md: the failed member is reported faulty" py md-degraded 'any(m["device"] == "/dev/vdb" and m["state"] == "faulty" for m in d["members"])'
 check "lvm: a failed raid6 leg (dm error target) -> Degraded=True" py lvm-degraded 'cond("Degraded")["status"] == "True"'
+check "destroy: a Retain manifest is refused (exit 3), the array stays" rc_is destroy-retain-md 3
+check "destroy: ... and mdadm still sees /dev/md/data" rc_is destroy-retain-md-still-there 0
+for b in md lvm zfs; do
+  check "$b: destroy (deletionPolicy Destroy) exit 0, Destroyed=True, every storage step destructive with its device" \
+    py "destroy-$b" 'cond("Destroyed")["status"] == "True" and cond("Destroyed")["reason"] == "Destroyed" and d["plan"]["steps"] and all(s["destructive"] and s["device"] for s in d["plan"]["steps"] if s["command"][0] not in ("exportfs", "targetcli"))'
+  check "$b: destroy exit 0" rc_is "destroy-$b" 0
+done
+check "md: destroy stopped the array and zeroed all six superblocks (the failed member too)" \
+  py destroy-md '[s["command"][1] for s in d["plan"]["steps"]] == ["--stop"] + ["--zero-superblock"] * 6'
+check "zfs: destroy un-exported NFS first, then zpool destroy, then labelclear of all 7 leaves" \
+  py destroy-zfs '(lambda c: c[0][:2] == ["exportfs", "-u"] and ["zpool", "destroy", "llm"] in c[1:] and sum(x[:2] == ["zpool", "labelclear"] for x in c[c.index(["zpool", "destroy", "llm"]):]) == 7)([s["command"] for s in d["plan"]["steps"]])'
+check "md / zfs: a second destroy finds nothing (Destroyed=True, NotPresent)" \
+  py destroy-md-again 'cond("Destroyed")["reason"] == "NotPresent" and not d["plan"]["steps"]'
+check "zfs: second destroy NotPresent" py destroy-zfs-again 'cond("Destroyed")["reason"] == "NotPresent"'
+rc_not() { [ "$(cat "$WORK/out/$1.rc" 2>/dev/null)" != "$2" ]; }
+check "md: /dev/md/data is gone after destroy (mdadm --detail fails)" rc_not after-destroy-md-detail 0
+check "lvm: vgs tvg fails after destroy" rc_not after-destroy-lvm-vgs 0
+check "zfs: zpool list llm fails after destroy" rc_not after-destroy-zpool-list 0
+check "no signature left on any member of the three pools (wipefs -n prints nothing)" \
+  test ! -s "$WORK/out/after-destroy-signatures.out"
+check "md: the Retain manifest applies again on the destroyed members without devicePolicy: Wipe" \
+  py md-recreate 'cond("Applied")["status"] == "True" and len(d["plan"]["steps"]) == 1'
 check "inventory in the guest: exit 0, ext4 on /dev/vdr" python3 -c "
 import json; inv=json.load(open('$WORK/out/inventory.out'))
 assert any(b['path']=='/dev/vdr' and any(s.startswith('ext4') for s in b.get('signatures',[])) for b in inv['blockDevices']), inv"

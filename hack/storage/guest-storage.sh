@@ -1,7 +1,7 @@
 #!/bin/sh
 # Guest side of `make e2e-storage` (busybox sh in the storage VM, PID 1's child). The node agent
 # (one-shot mode) applies the pools (next to /test.sh) twice each, is refused on the ext4 disk, starts a
-# scrub, and reports Degraded after a member is failed. Every status report, exit code, log and the
+# scrub, reports Degraded after a member is failed, and destroys the pools (deletionPolicy Destroy). Every status report, exit code, log and the
 # raw tool outputs (parser fixtures) go to /out, which is written as a tar archive onto the last
 # disk for the host to check.
 # Disks: vda-vdf MD, vdg-vdl LVM, vdm1-vdp1 ZFS mirrors, vdq1/2/3 special/log/cache, vdr ext4,
@@ -94,8 +94,30 @@ run fx-lvm-lvs-degraded lvm lvs $J -o $LVF tvg
 # shellcheck disable=SC2086
 run fx-lvm-vgs-degraded lvm vgs $J -o $VGF tvg
 
+# deletionPolicy Destroy (of the degraded pools, as they are now). The Retain manifests are
+# refused; copies that say Destroy are destroyed, a second destroy finds nothing, the members carry
+# no signature afterwards, and the first manifest applies again on them without devicePolicy: Wipe.
+run destroy-retain-md "$A" destroy --pool /md-raid6.yaml
+run destroy-retain-md-still-there mdadm --detail /dev/md/data
+for p in md-raid6 lvm-raid zfs-llm; do
+  awk '{ print } /^spec:$/ { print "  deletionPolicy: Destroy" }' "/$p.yaml" >"/tmp/$p-destroy.yaml"
+done
+run destroy-md "$A" destroy --pool /tmp/md-raid6-destroy.yaml --status-out "$O/destroy-md.json"
+run destroy-lvm "$A" destroy --pool /tmp/lvm-raid-destroy.yaml --status-out "$O/destroy-lvm.json"
+run destroy-zfs "$A" destroy --pool /tmp/zfs-llm-destroy.yaml --status-out "$O/destroy-zfs.json"
+run destroy-md-again "$A" destroy --pool /tmp/md-raid6-destroy.yaml --status-out "$O/destroy-md-again.json"
+run destroy-zfs-again "$A" destroy --pool /tmp/zfs-llm-destroy.yaml --status-out "$O/destroy-zfs-again.json"
+run after-destroy-md-detail mdadm --detail /dev/md/data
+run after-destroy-lvm-vgs lvm vgs tvg
+run after-destroy-zpool-list zpool list llm
+# Signatures left on the members (wipefs prints one line per signature; empty = blank).
+run after-destroy-signatures wipefs -n /dev/vda /dev/vdb /dev/vdc /dev/vdd /dev/vde /dev/vdf \
+  /dev/vdg /dev/vdh /dev/vdi /dev/vdj /dev/vdk /dev/vdl /dev/vdm1 /dev/vdn1 /dev/vdo1 /dev/vdp1 \
+  /dev/vdq1 /dev/vdq2 /dev/vdq3
+apply md-recreate md-raid6.yaml
+
 dmesg >"$O/dmesg.txt"
-zpool export llm
+zpool export llm >/dev/null 2>&1
 lvm vgchange -an tvg >/dev/null 2>&1
 mdadm --stop /dev/md/data >/dev/null 2>&1
 sync

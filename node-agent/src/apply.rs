@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use tessera_crds::StoragePool;
-use tessera_crds::storage_pool::{Backend, Capacity, MemberStatus, Operation};
+use tessera_crds::storage_pool::{Backend, Capacity, DeletionPolicy, MemberStatus, Operation};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -96,6 +96,67 @@ pub fn observe(r: &dyn Runner, pool: &StoragePool) -> Result<Option<Observed>> {
         Backend::Lvm => lvm::observe(r, section(&pool.spec.lvm, "lvm")?),
         Backend::Zfs => zfs::observe(r, section(&pool.spec.zfs, "zfs")?),
     }
+}
+
+/// Destroy the pool on this node (its resource says `deletionPolicy: Destroy`; anything else is
+/// refused and nothing runs). Every step is destructive and logged with its device. Reports the
+/// condition `Destroyed`: True once nothing of the pool is left (also when it was already gone),
+/// False with reason `DryRun` in a dry run. A failing step is an error (the caller reports
+/// `DestroyFailed` and tries again on the next pass; every step is safe to repeat).
+pub fn destroy(r: &dyn Runner, pool: &StoragePool, dry_run: bool) -> Result<AgentReport> {
+    let generation = pool.metadata.generation;
+    let mut report = AgentReport::default();
+    if pool.spec.deletion_policy != DeletionPolicy::Destroy {
+        report.plan.refuse(
+            "DeletionPolicyRetain",
+            "the pool's deletionPolicy is Retain: the agent destroys only pools that say Destroy",
+        );
+        report.conditions.push(cond(
+            "Destroyed",
+            false,
+            "DeletionPolicyRetain",
+            &report.plan.refusals[0].message.clone(),
+            generation,
+        ));
+        return Ok(report);
+    }
+    let plan = match pool.spec.backend {
+        Backend::Md => md::destroy_plan(r, section(&pool.spec.md, "md")?)?,
+        Backend::Lvm => lvm::destroy_plan(r, section(&pool.spec.lvm, "lvm")?)?,
+        Backend::Zfs => zfs::destroy_plan(r, section(&pool.spec.zfs, "zfs")?)?,
+    };
+    for step in &plan.steps {
+        run_step(r, step, dry_run)?;
+    }
+    let n = plan.steps.len();
+    report.conditions.push(if plan.steps.is_empty() {
+        cond(
+            "Destroyed",
+            true,
+            "NotPresent",
+            "the pool is not on this node (nothing to destroy)",
+            generation,
+        )
+    } else if dry_run {
+        cond(
+            "Destroyed",
+            false,
+            "DryRun",
+            &format!("would run {n} destructive step(s); dry run, nothing was changed"),
+            generation,
+        )
+    } else {
+        info!(steps = n, "pool destroyed");
+        cond(
+            "Destroyed",
+            true,
+            "Destroyed",
+            &format!("destroyed in {n} step(s)"),
+            generation,
+        )
+    });
+    report.plan = plan;
+    Ok(report)
 }
 
 /// The commands that start a scrub / parity check of the pool.

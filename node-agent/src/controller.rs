@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tessera_crds::storage_pool::DeletionPolicy;
 use tessera_crds::{GpuRaidPolicy, StoragePool, TesseraNode};
@@ -50,6 +50,9 @@ pub struct AgentState {
     pub metrics: Metrics,
     last_look: HashMap<String, DateTime>,
     started: DateTime,
+    /// The last Event reason per subject (`pool/NAME`, `drive/PATH`): an Event is published when
+    /// it changes, not on every pass.
+    last_event: HashMap<String, String>,
 }
 
 impl AgentState {
@@ -57,6 +60,7 @@ impl AgentState {
         AgentState {
             metrics: Metrics::new(node),
             last_look: HashMap::new(),
+            last_event: HashMap::new(),
             started: Zoned::now().datetime(),
         }
     }
@@ -71,6 +75,82 @@ impl AgentState {
             .unwrap_or(self.started);
         Ok(cron.fired_between(last, now))
     }
+}
+
+/// What happened to a subject, as an Event: (warning, reason, note).
+type EventDraft = (bool, String, String);
+
+/// Publish `draft` about `reference` when its reason differs from the last one published for
+/// `subject` (`None` forgets the subject: the next draft is published again). Failures are logged.
+async fn event_on_change(
+    client: &Client,
+    state: &mut AgentState,
+    subject: String,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    draft: Option<EventDraft>,
+) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let Some((warning, reason, note)) = draft else {
+        state.last_event.remove(&subject);
+        return;
+    };
+    if state.last_event.get(&subject) == Some(&reason) {
+        return;
+    }
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("NODE_NAME").ok(),
+    };
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.clone(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.clone(),
+        secondary: None,
+    };
+    match Recorder::new(client.clone(), reporter)
+        .publish(&ev, reference)
+        .await
+    {
+        Ok(()) => {
+            state.last_event.insert(subject, reason);
+        }
+        Err(e) => warn!(error = %e, "publishing event"),
+    }
+}
+
+/// The Event a pool report deserves, if any: refusals, failures, degradation, destruction and
+/// applied changes; nothing for a quiet no-op pass.
+pub fn pool_event(report: &AgentReport) -> Option<EventDraft> {
+    let c = |t: &str| report.condition(t);
+    if let Some(d) = c("Destroyed") {
+        return match (d.status.as_str(), d.reason.as_str()) {
+            ("True", "Destroyed") => Some((false, "PoolDestroyed".into(), d.message.clone())),
+            ("True", _) => None,
+            (_, reason) => Some((true, reason.into(), d.message.clone())),
+        };
+    }
+    if let Some(a) = c("Applied").filter(|a| a.status == "False") {
+        return Some((true, a.reason.clone(), a.message.clone()));
+    }
+    if let Some(d) = c("Degraded").filter(|d| d.status == "True") {
+        return Some((true, "PoolDegraded".into(), d.message.clone()));
+    }
+    if !report.plan.steps.is_empty() {
+        let a = c("Applied");
+        return Some((
+            false,
+            a.map(|a| a.reason.clone())
+                .unwrap_or_else(|| "Applied".into()),
+            a.map(|a| a.message.clone()).unwrap_or_default(),
+        ));
+    }
+    // Healthy and unchanged: forget, so that a later problem is announced again.
+    None
 }
 
 fn kube_err(e: kube::Error) -> Error {
@@ -159,16 +239,25 @@ pub async fn reconcile_pool(
         if pool.spec.deletion_policy != DeletionPolicy::Destroy {
             return Ok(()); // Retain: the operator removes the finalizer; nothing to do here.
         }
-        // Destroying pools is not built yet in the agent: report it, never pretend.
-        let mut rep = AgentReport::default();
-        rep.conditions.push(condition(
-            "Destroyed",
-            false,
-            "NotImplemented",
-            "the node agent cannot destroy pools yet; remove the pool by hand, then the finalizer",
-            generation,
-        ));
-        rep
+        // The operator keeps its finalizer until this says Destroyed=True.
+        match crate::apply::destroy(r, pool, cfg.dry_run) {
+            Ok(rep) => {
+                warn!(pool = %name, condition = ?rep.condition("Destroyed").map(|c| &c.reason), "deletionPolicy Destroy");
+                rep
+            }
+            Err(e) => {
+                warn!(pool = %name, error = %e, "destroying the pool failed; retrying next pass");
+                let mut rep = AgentReport::default();
+                rep.conditions.push(condition(
+                    "Destroyed",
+                    false,
+                    "DestroyFailed",
+                    &e.to_string(),
+                    generation,
+                ));
+                rep
+            }
+        }
     } else {
         let scrub_now = match &pool.spec.scrub_schedule {
             Some(s) => state
@@ -234,6 +323,14 @@ pub async fn reconcile_pool(
     .await
     .map_err(kube_err)?;
     info!(pool = %name, dry_run = cfg.dry_run, steps = report.plan.steps.len(), refusals = report.plan.refusals.len(), "reported");
+    event_on_change(
+        client,
+        state,
+        format!("pool/{name}"),
+        &pool.object_ref(&()),
+        pool_event(&report),
+    )
+    .await;
     Ok(())
 }
 
@@ -301,6 +398,29 @@ pub async fn pass_with(
 ) -> Result<()> {
     let inv = publish_inventory(client, r, cfg).await?;
     state.metrics.record_inventory(&inv);
+    // SMART verdicts of Warning or Critical become Events on this node's TesseraNode.
+    let node_ref = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("tessera.dev/v1alpha1".into()),
+        kind: Some("TesseraNode".into()),
+        name: Some(cfg.node_name.clone()),
+        ..Default::default()
+    };
+    for d in &inv.block_devices {
+        let health = d.smart.as_ref().and_then(|s| s.health.clone());
+        let draft = match health.as_deref() {
+            Some(h @ ("Warning" | "Critical")) => Some((
+                true,
+                format!("Smart{h}"),
+                format!(
+                    "{} ({}): SMART {h}",
+                    d.path,
+                    d.model.clone().unwrap_or_default()
+                ),
+            )),
+            _ => None,
+        };
+        event_on_change(client, state, format!("drive/{}", d.path), &node_ref, draft).await;
+    }
     for pool in my_pools(client, &cfg.node_name).await? {
         if let Err(e) = reconcile_pool(client, r, cfg, state, &pool).await {
             warn!(pool = %pool.name_any(), error = %e, "pool reconcile failed");
@@ -384,6 +504,64 @@ mod tests {
         assert!(
             st.scrub_due("bad", "not a cron", date(2026, 12, 1).at(3, 1, 0, 0))
                 .is_err()
+        );
+    }
+
+    use crate::plan::Step;
+
+    fn report(conds: &[(&str, bool, &str)], steps: usize) -> AgentReport {
+        let mut r = AgentReport::default();
+        for (t, on, reason) in conds {
+            r.conditions.push(condition(t, *on, reason, "msg", Some(1)));
+        }
+        for i in 0..steps {
+            r.plan.steps.push(Step::new(format!("s{i}"), &["true"]));
+        }
+        r
+    }
+
+    #[test]
+    fn pool_events_say_what_changed_and_stay_quiet_otherwise() {
+        let ev = |r: AgentReport| pool_event(&r).map(|(w, reason, _)| (w, reason));
+        assert_eq!(
+            ev(report(
+                &[
+                    ("Applied", true, "Applied"),
+                    ("Degraded", false, "AllMembersActive")
+                ],
+                0
+            )),
+            None
+        );
+        assert_eq!(
+            ev(report(
+                &[("Applied", true, "Applied"), ("Degraded", false, "x")],
+                3
+            )),
+            Some((false, "Applied".into()))
+        );
+        assert_eq!(
+            ev(report(&[("Applied", false, "DeviceHasSignature")], 0)),
+            Some((true, "DeviceHasSignature".into()))
+        );
+        assert_eq!(
+            ev(report(
+                &[
+                    ("Applied", true, "Applied"),
+                    ("Degraded", true, "MembersMissing")
+                ],
+                0
+            )),
+            Some((true, "PoolDegraded".into()))
+        );
+        assert_eq!(
+            ev(report(&[("Destroyed", true, "Destroyed")], 2)),
+            Some((false, "PoolDestroyed".into()))
+        );
+        assert_eq!(ev(report(&[("Destroyed", true, "NotPresent")], 0)), None);
+        assert_eq!(
+            ev(report(&[("Destroyed", false, "DestroyFailed")], 0)),
+            Some((true, "DestroyFailed".into()))
         );
     }
 }

@@ -141,6 +141,85 @@ fn skip(plan: &mut Plan, reason: &str, message: String) {
 }
 
 /// Plan the exports of `spec` (after the pool, datasets and volumes).
+/// Steps that undo the exports of `spec` that exist now (before the pool is destroyed): NFS
+/// `exportfs -u` for every client of an exported dataset's path, iSCSI target and backstore
+/// deletion, then `targetcli saveconfig`. A missing tool means nothing of that kind to undo.
+pub fn teardown(
+    r: &dyn Runner,
+    spec: &ZfsPoolSpec,
+    ex: &ZfsExports,
+    plan: &mut Plan,
+) -> Result<()> {
+    let pool = spec.pool_name.as_str();
+    if !ex.nfs.is_empty() {
+        match r.run("exportfs", &["-s"]) {
+            Err(Error::ToolMissing(_)) => {}
+            Err(e) => return Err(e),
+            Ok(out) => {
+                let current = parse_exportfs(&out.stdout);
+                for e in &ex.nfs {
+                    let Some(ds) = spec.datasets.iter().find(|d| d.name == e.dataset) else {
+                        continue;
+                    };
+                    let path = ds
+                        .properties
+                        .get("mountpoint")
+                        .cloned()
+                        .unwrap_or_else(|| format!("/{pool}/{}", ds.name));
+                    for (p, h, _) in current.iter().filter(|(p, _, _)| *p == path) {
+                        plan.steps.push(Step::new(
+                            format!("stop exporting {pool}/{} to {h}", ds.name),
+                            &["exportfs", "-u", &format!("{h}:{p}")],
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !ex.iscsi.is_empty() {
+        match r.run("targetcli", &["ls", "/"]) {
+            Err(Error::ToolMissing(_)) => {}
+            Err(e) => return Err(e),
+            Ok(out) if !out.success => {
+                return Err(Error::Command {
+                    cmd: "targetcli ls /".into(),
+                    status: out.status,
+                    stderr: out.stderr,
+                });
+            }
+            Ok(out) => {
+                let have = parse_targetcli_ls(&out.stdout);
+                let mut changed = false;
+                for e in &ex.iscsi {
+                    let iqn = e.target_iqn.as_str();
+                    if have.contains(&format!("/iscsi/{iqn}")) {
+                        plan.steps.push(Step::new(
+                            format!("delete iSCSI target {iqn}"),
+                            &["targetcli", "/iscsi", "delete", iqn],
+                        ));
+                        changed = true;
+                    }
+                    let bs = backstore_name(pool, &e.volume);
+                    if have.contains(&format!("/backstores/block/{bs}")) {
+                        plan.steps.push(Step::new(
+                            format!("delete iSCSI backstore {bs}"),
+                            &["targetcli", "/backstores/block", "delete", &bs],
+                        ));
+                        changed = true;
+                    }
+                }
+                if changed {
+                    plan.steps.push(Step::new(
+                        "save the LIO configuration",
+                        &["targetcli", "saveconfig"],
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn plan(
     r: &dyn Runner,
     spec: &ZfsPoolSpec,

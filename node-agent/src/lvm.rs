@@ -434,6 +434,35 @@ pub fn plan_from_state(
 }
 
 /// Observe the VG after apply: health, members, capacity, RAID sync progress.
+/// Steps that destroy volume group `spec` (deletionPolicy Destroy): remove the VG with its logical
+/// volumes, then the PV labels of its physical volumes. Empty when the VG does not exist.
+pub fn destroy_plan(r: &dyn Runner, spec: &LvmSpec) -> Result<Plan> {
+    let st = state(r, &spec.vg_name)?;
+    let mut plan = Plan::default();
+    if st.vg.is_none() {
+        return Ok(plan);
+    }
+    let vg = spec.vg_name.as_str();
+    let lvs: Vec<&str> = st.lvs.iter().map(|l| l.lv_name.as_str()).collect();
+    plan.steps.push(
+        Step::new(
+            format!("remove volume group {vg} and its logical volumes {lvs:?}"),
+            &["lvm", "vgremove", "--force", "--yes", vg],
+        )
+        .destructive(&format!("/dev/{vg}")),
+    );
+    for pv in st.pvs.iter().filter(|p| p.vg_name == vg) {
+        plan.steps.push(
+            Step::new(
+                format!("erase the LVM label of {} (PV of {vg})", pv.pv_name),
+                &["lvm", "pvremove", "--yes", &pv.pv_name],
+            )
+            .destructive(&pv.pv_name),
+        );
+    }
+    Ok(plan)
+}
+
 pub fn observe(r: &dyn Runner, spec: &LvmSpec) -> Result<Option<Observed>> {
     let st = state(r, &spec.vg_name)?;
     Ok(observe_state(spec, &st))
@@ -574,6 +603,33 @@ mod tests {
             pvs: parse_pvs(PVS).unwrap(),
             lvs: parse_lvs(LVS).unwrap(),
         }
+    }
+
+    #[test]
+    fn destroy_removes_the_vg_then_the_labels_of_its_pvs_only() {
+        let r = ScriptedRunner::default();
+        r.ok("lvm pvs", PVS).ok("lvm vgs", VGS).ok("lvm lvs", LVS);
+        let p = destroy_plan(&r, &spec(&SIX, LVS_SPEC)).unwrap();
+        let cmds: Vec<String> = p.steps.iter().map(|s| s.command.join(" ")).collect();
+        assert_eq!(cmds[0], "lvm vgremove --force --yes tvg");
+        assert_eq!(cmds.len(), 1 + 6);
+        assert_eq!(cmds[1], "lvm pvremove --yes /dev/vdg");
+        assert!(p.steps.iter().all(|s| s.destructive && s.device.is_some()));
+        assert!(
+            p.steps[0].description.contains("r6"),
+            "{}",
+            p.steps[0].description
+        );
+        // Gone already: nothing to do.
+        let r = ScriptedRunner::default();
+        r.ok("lvm pvs", PVS)
+            .fail("lvm vgs", "Volume group \"tvg\" not found");
+        assert!(
+            destroy_plan(&r, &spec(&SIX, LVS_SPEC))
+                .unwrap()
+                .steps
+                .is_empty()
+        );
     }
 
     #[test]

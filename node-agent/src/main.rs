@@ -50,6 +50,19 @@ enum Cmd {
         #[arg(long)]
         smart_thresholds: Option<PathBuf>,
     },
+    /// Destroy one StoragePool (a YAML file that says `deletionPolicy: Destroy`) on this node:
+    /// stop / remove it and erase its members' labels. Every step is logged with its device.
+    Destroy {
+        /// The StoragePool manifest.
+        #[arg(long)]
+        pool: PathBuf,
+        /// Print the steps and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the report (conditions and the steps) here as JSON.
+        #[arg(long)]
+        status_out: Option<PathBuf>,
+    },
     /// Plan and apply one StoragePool (a YAML file) on this node.
     Apply {
         /// The StoragePool manifest.
@@ -164,6 +177,39 @@ fn main() -> ExitCode {
                 println!("xen: {:?}", inv.xen);
             }
             Ok(0)
+        })(),
+        Cmd::Destroy {
+            pool,
+            dry_run,
+            status_out,
+        } => (|| {
+            let text =
+                std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let sp: tessera_crds::StoragePool =
+                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let report =
+                tessera_node_agent::apply::destroy(&r, &sp, dry_run).map_err(|e| e.to_string())?;
+            for s in &report.plan.steps {
+                println!("[destructive] {}: {}", s.description, s.shown());
+            }
+            for x in &report.plan.refusals {
+                println!("refused ({}): {}", x.reason, x.message);
+            }
+            if let Some(c) = report.condition("Destroyed") {
+                println!("Destroyed={} ({}): {}", c.status, c.reason, c.message);
+            }
+            if let Some(p) = status_out {
+                std::fs::write(
+                    &p,
+                    serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(if report.plan.refusals.is_empty() {
+                0
+            } else {
+                3
+            })
         })(),
         Cmd::Apply {
             pool,

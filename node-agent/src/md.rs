@@ -177,6 +177,33 @@ pub fn observe(r: &dyn Runner, spec: &MdArraySpec) -> Result<Option<Observed>> {
     }))
 }
 
+/// Steps that destroy array `spec` (deletionPolicy Destroy): stop it, then erase the MD superblock
+/// of every member it has now, so that no member assembles again. Empty when it does not exist.
+pub fn destroy_plan(r: &dyn Runner, spec: &MdArraySpec) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let Some(st) = state(r, &spec.name)? else {
+        return Ok(plan);
+    };
+    let dev = format!("/dev/md/{}", spec.name);
+    plan.steps.push(
+        Step::new(
+            format!("stop array {} (uuid {})", spec.name, st.uuid),
+            &["mdadm", "--stop", &dev],
+        )
+        .destructive(&dev),
+    );
+    for d in st.members.keys() {
+        plan.steps.push(
+            Step::new(
+                format!("erase the MD superblock of {d} (member of {})", spec.name),
+                &["mdadm", "--zero-superblock", d],
+            )
+            .destructive(d),
+        );
+    }
+    Ok(plan)
+}
+
 /// The command that starts a parity check of the array (on `scrubSchedule` or `--scrub-now`).
 pub fn scrub_steps(spec: &MdArraySpec) -> Vec<Step> {
     if spec.level == 0 {
@@ -307,6 +334,27 @@ mod tests {
             devices.join(", ")
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn destroy_stops_the_array_and_erases_every_member_superblock() {
+        let r = ScriptedRunner::default();
+        r.ok("mdadm --detail --export /dev/md/data", DETAIL);
+        let p = destroy_plan(&r, &spec(&["/dev/vda"])).unwrap();
+        let cmds: Vec<String> = p.steps.iter().map(|s| s.command.join(" ")).collect();
+        assert_eq!(cmds[0], "mdadm --stop /dev/md/data");
+        // The members the array has now (from mdadm), not the spec's list.
+        assert_eq!(cmds.len(), 1 + 6, "{cmds:?}");
+        assert!(cmds.contains(&"mdadm --zero-superblock /dev/vdc".to_string()));
+        assert!(p.steps.iter().all(|s| s.destructive));
+        let r = ScriptedRunner::default();
+        r.fail("mdadm --detail", "mdadm: cannot open /dev/md/data");
+        assert!(
+            destroy_plan(&r, &spec(&["/dev/vda"]))
+                .unwrap()
+                .steps
+                .is_empty()
+        );
     }
 
     #[test]

@@ -919,6 +919,62 @@ fn plan_datasets(
 }
 
 /// Observe the pool: health, members, capacity, scrub / resilver progress.
+/// Steps that destroy pool `spec` (deletionPolicy Destroy): its NFS and iSCSI exports first (a
+/// zvol behind a LIO backstore is busy), then `zpool destroy`, then the ZFS labels of every leaf
+/// it has now and the partition tables ZFS wrote on the whole disks of the spec, so that the
+/// devices come back blank. Empty when the pool does not exist.
+pub fn destroy_plan(r: &dyn Runner, spec: &ZfsPoolSpec) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let Some(st) = status(r, &spec.pool_name)? else {
+        return Ok(plan);
+    };
+    let pool = spec.pool_name.as_str();
+    if let Some(ex) = &spec.exports {
+        exports::teardown(r, spec, ex, &mut plan)?;
+    }
+    plan.steps.push(
+        Step::new(format!("destroy pool {pool}"), &["zpool", "destroy", pool]).destructive(pool),
+    );
+    let leaves: Vec<&str> = st
+        .vdevs
+        .iter()
+        .flat_map(|v| v.leaves.iter().map(|l| l.path.as_str()))
+        .filter(|p| p.starts_with("/dev/"))
+        .collect();
+    for leaf in &leaves {
+        plan.steps.push(
+            Step::new(
+                format!("clear the ZFS label of {leaf} (was in {pool})"),
+                &["zpool", "labelclear", "-f", leaf],
+            )
+            .destructive(leaf),
+        );
+    }
+    let spec_devices = wanted(spec)
+        .into_iter()
+        .flat_map(|w| w.devices)
+        .collect::<Vec<&str>>();
+    for d in spec_devices {
+        // Whole disks given to ZFS got a GPT with the data partition; only those are wiped.
+        let is_partition_of = |leaf: &str| {
+            leaf.strip_prefix(d).is_some_and(|rest| {
+                let n = rest.strip_prefix('p').unwrap_or(rest);
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
+        if leaves.iter().any(|l| is_partition_of(l)) {
+            plan.steps.push(
+                Step::new(
+                    format!("wipe the partition table ZFS wrote on {d}"),
+                    &["wipefs", "--all", d],
+                )
+                .destructive(d),
+            );
+        }
+    }
+    Ok(plan)
+}
+
 pub fn observe(r: &dyn Runner, spec: &ZfsPoolSpec) -> Result<Option<Observed>> {
     let out = r.run(
         "zpool",

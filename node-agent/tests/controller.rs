@@ -163,3 +163,143 @@ async fn agent_publishes_inventory_and_reports_pools_and_policies() {
         .reason;
     assert_eq!(before, after);
 }
+
+/// deletionPolicy Destroy in controller mode: the operator's finalizer holds the deleted object;
+/// the agent runs the destroy steps (here on a scripted runner playing an existing MD array, not
+/// this machine's disks), confirms `Destroyed=True`, and a later pass finds nothing to destroy.
+#[tokio::test]
+async fn a_deleted_destroy_pool_is_destroyed_and_confirmed() {
+    use tessera_node_agent::controller::{AgentState, reconcile_pool};
+    use tessera_node_agent::runner::ScriptedRunner;
+
+    let c = cluster().await.unwrap();
+    let client = c.client().await.unwrap();
+    install_crds(&client, &repo_root().join("charts/tessera/crds"))
+        .await
+        .unwrap();
+    let node = "storage-destroy";
+    let sps: Api<StoragePool> = Api::all(client.clone());
+    let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool",
+        "metadata": {"name": "destroy-md", "finalizers": ["tessera.dev/storagepool-protection"]},
+        "spec": {"nodeName": node, "backend": "md", "deletionPolicy": "Destroy",
+                 "md": {"name": "data", "level": 6,
+                        "devices": ["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd", "/dev/vde", "/dev/vdf"]}}});
+    sps.patch(
+        "destroy-md",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+    let st = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": {"nodeName": node}});
+    sps.patch_status(
+        "destroy-md",
+        &PatchParams::apply("tessera-operator").force(),
+        &Patch::Apply(&st),
+    )
+    .await
+    .unwrap();
+    sps.delete("destroy-md", &Default::default()).await.unwrap();
+    let pool = sps.get("destroy-md").await.unwrap();
+    assert!(
+        pool.metadata.deletion_timestamp.is_some(),
+        "held by the finalizer"
+    );
+
+    let r = ScriptedRunner::default();
+    r.ok(
+        "mdadm --detail --export /dev/md/data",
+        include_str!("fixtures/mdadm-detail-export.txt"),
+    )
+    .ok("mdadm --stop", "")
+    .ok("mdadm --zero-superblock", "");
+    let cfg = Config {
+        node_name: node.into(),
+        dry_run: false,
+        interval: Duration::from_secs(30),
+        thresholds: Thresholds::default(),
+        chap: Vec::new(),
+        listen: None,
+    };
+    let mut state = AgentState::new(node);
+    reconcile_pool(&client, &r, &cfg, &mut state, &pool)
+        .await
+        .unwrap();
+    let calls = r.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&"mdadm --stop /dev/md/data".to_string()),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("mdadm --zero-superblock"))
+            .count(),
+        6,
+        "{calls:?}"
+    );
+    let destroyed = |p: &StoragePool| {
+        p.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Destroyed")
+            .cloned()
+            .unwrap()
+    };
+    let d = destroyed(&sps.get("destroy-md").await.unwrap());
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "Destroyed"),
+        "{d:?}"
+    );
+
+    // ... with an Event on the pool, published once.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let mine = |evs: Vec<k8s_openapi::api::events::v1::Event>| {
+        evs.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("destroy-md"))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    let got = mine(events.list(&Default::default()).await.unwrap().items);
+    assert_eq!(
+        got,
+        [("Normal".to_string(), "PoolDestroyed".to_string())],
+        "{got:?}"
+    );
+
+    // The array is gone now: the next pass confirms again without a step.
+    let r = ScriptedRunner::default();
+    r.fail(
+        "mdadm --detail --export /dev/md/data",
+        "mdadm: cannot open /dev/md/data",
+    );
+    let pool = sps.get("destroy-md").await.unwrap();
+    reconcile_pool(&client, &r, &cfg, &mut state, &pool)
+        .await
+        .unwrap();
+    let later: Vec<String> = r.calls.lock().unwrap().clone();
+    assert!(
+        later
+            .iter()
+            .all(|c| !c.contains("--stop") && !c.contains("--zero")),
+        "{later:?}"
+    );
+    let d = destroyed(&sps.get("destroy-md").await.unwrap());
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "NotPresent"),
+        "{d:?}"
+    );
+
+    // What the operator does on Destroyed=True: drop the finalizer; the object goes.
+    sps.patch(
+        "destroy-md",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}

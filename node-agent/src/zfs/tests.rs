@@ -347,3 +347,50 @@ fn a_finished_scrub_in_the_captured_status_is_no_operation() {
     assert!(o.operation.is_none());
     assert!(!o.degraded);
 }
+
+#[test]
+fn destroy_destroys_the_pool_then_clears_every_leaf_label() {
+    let r = existing(STATUS);
+    let p = destroy_plan(&r, &spec()).unwrap();
+    let cmds: Vec<String> = p.steps.iter().map(|s| s.command.join(" ")).collect();
+    assert_eq!(cmds[0], "zpool destroy llm");
+    for leaf in [
+        "/dev/vdm1",
+        "/dev/vdn1",
+        "/dev/vdo1",
+        "/dev/vdp1",
+        "/dev/vdq1",
+        "/dev/vdq2",
+        "/dev/vdq3",
+    ] {
+        assert!(
+            cmds.contains(&format!("zpool labelclear -f {leaf}")),
+            "{leaf}: {cmds:?}"
+        );
+    }
+    // The spec names partitions, so no partition table is wiped.
+    assert!(!cmds.iter().any(|c| c.starts_with("wipefs")), "{cmds:?}");
+    assert!(p.steps.iter().all(|s| s.destructive));
+
+    // Whole disks: ZFS partitioned them, and the tables go too.
+    let mut whole = spec();
+    for v in whole.vdevs.iter_mut() {
+        for d in v.devices.iter_mut() {
+            *d = d.trim_end_matches('1').to_string();
+        }
+    }
+    let p = destroy_plan(&r, &whole).unwrap();
+    let cmds: Vec<String> = p.steps.iter().map(|s| s.command.join(" ")).collect();
+    assert!(
+        cmds.contains(&"wipefs --all /dev/vdm".to_string()),
+        "{cmds:?}"
+    );
+    assert!(
+        !cmds.contains(&"wipefs --all /dev/vdq".to_string()),
+        "{cmds:?}"
+    );
+
+    let gone = ScriptedRunner::default();
+    gone.fail("zpool status", "cannot open 'llm': no such pool");
+    assert!(destroy_plan(&gone, &spec()).unwrap().steps.is_empty());
+}
