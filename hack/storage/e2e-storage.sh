@@ -193,8 +193,8 @@ rc_not() { [ "$(cat "$WORK/out/$1.rc" 2>/dev/null)" != "$2" ]; }
 check "md: /dev/md/data is gone after destroy (mdadm --detail fails)" rc_not after-destroy-md-detail 0
 check "lvm: vgs tvg fails after destroy" rc_not after-destroy-lvm-vgs 0
 check "zfs: zpool list llm fails after destroy" rc_not after-destroy-zpool-list 0
-check "no signature left on any member of the three pools (wipefs -n prints nothing)" \
-  test ! -s "$WORK/out/after-destroy-signatures.out"
+check "no signature left on any member of the three pools (wipefs -n: exit 0, prints nothing)" \
+  sh -c "[ \"\$(cat '$WORK/out/after-destroy-signatures.rc')\" = 0 ] && [ -f '$WORK/out/after-destroy-signatures.out' ] && [ ! -s '$WORK/out/after-destroy-signatures.out' ]"
 check "md: the Retain manifest applies again on the destroyed members without devicePolicy: Wipe" \
   py md-recreate 'cond("Applied")["status"] == "True" and len(d["plan"]["steps"]) == 1'
 check "inventory in the guest: exit 0, ext4 on /dev/vdr" python3 -c "
