@@ -104,8 +104,10 @@ pub struct GpuRaidPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["nodeName"]))]
     pub nodes: Vec<PolicyNodeStatus>,
-    /// Throughput measured by the engine's calibration, per node, backend and code.
+    /// Throughput measured by the engine (calibration or a verify job), per node, backend and code.
+    /// Each node's agent owns its own rows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["nodeName", "backend", "code"]))]
     pub throughput: Vec<MeasuredThroughput>,
     /// Accepted (spec valid), Applied (every selected node reports the policy active).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -114,7 +116,7 @@ pub struct GpuRaidPolicyStatus {
 }
 
 /// Where a policy applies.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyNodeStatus {
     /// Node name.
@@ -125,6 +127,30 @@ pub struct PolicyNodeStatus {
     /// Whether the node agent reports the policy active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<bool>,
+    /// The last parity verify the node agent ran on this node under `verifySchedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<VerifyResult>,
+}
+
+/// One parity verify of an MD array by the engine (the array read-only while it ran).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyResult {
+    /// When it finished (RFC 3339).
+    pub time: String,
+    /// The StoragePool of the array.
+    pub pool: String,
+    /// Engine backend that computed the parity (`gfni-avx512`, `avx2`, `scalar`, `cuda`, ...).
+    pub backend: String,
+    /// Stripes (rows) checked.
+    pub stripes: i64,
+    /// Inconsistent 4 KiB pages found (0 when parity matches everywhere).
+    pub mismatches: i64,
+    /// Data throughput in GB/s.
+    pub gb_per_second: f64,
+    /// What went wrong, when the verify could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A throughput measurement.

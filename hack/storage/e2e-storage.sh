@@ -175,6 +175,13 @@ check "zfs: zpool offline -> Degraded=True, health DEGRADED" py zfs-degraded 'co
 check "zfs: the offline member is reported OFFLINE" py zfs-degraded 'any(m["device"] == "/dev/vdn1" and m["state"] == "OFFLINE" for m in d["members"])'
 check "md: the failed member is reported faulty" py md-degraded 'any(m["device"] == "/dev/vdb" and m["state"] == "faulty" for m in d["members"])'
 check "lvm: a failed raid6 leg (dm error target) -> Degraded=True" py lvm-degraded 'cond("Degraded")["status"] == "True"'
+check "verify: the RAID6 array after its resync is consistent (exit 0, 0 mismatches, engine backend named)" \
+  py verify-clean 'd["mismatches"] == 0 and d["stripes"] > 0 and d["backend"] and d["gbPerSecond"] > 0 and d["code"] == "raid6 4+2"'
+check "verify: exit 0" rc_is verify-clean 0
+check "verify: the array is read-write again afterwards" grep -qvx 'read-only\|readonly' "$WORK/out/verify-array-state.out"
+check "verify: 4 KiB overwritten on /dev/vdd -> exit 1, inconsistent page found, /dev/vdd blamed" \
+  py verify-corrupt 'd["mismatches"] >= 1 and d["blamed"] == ["/dev/vdd"]'
+check "verify: corrupt exit 1" rc_is verify-corrupt 1
 check "destroy: a Retain manifest is refused (exit 3), the array stays" rc_is destroy-retain-md 3
 check "destroy: ... and mdadm still sees /dev/md/data" rc_is destroy-retain-md-still-there 0
 for b in md lvm zfs; do

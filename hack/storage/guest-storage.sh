@@ -75,6 +75,20 @@ run fx-zpool-status-scrub zpool status -P -p llm
 zpool wait -t scrub llm
 run fx-zpool-status-scrubbed zpool status -P -p llm
 
+# Parity verify with the engine (the job of a GpuRaidPolicy's verifySchedule): after the initial
+# resync the RAID6 array is consistent; then 4 KiB of one member's data area are overwritten under
+# the array, and the verify finds the inconsistent page and blames that member. The array is
+# read-only during each verify and read-write again afterwards.
+mdadm --wait /dev/md/data >/dev/null 2>&1
+run verify-clean "$A" verify --pool /md-raid6.yaml --status-out "$O/verify-clean.json"
+run verify-array-state sh -c 'cat /sys/block/$(basename $(readlink -f /dev/md/data))/md/array_state'
+run verify-corrupt-write dd if=/dev/urandom of=/dev/vdd bs=4096 count=1 seek=4096 oflag=direct conv=notrunc
+echo 3 >/proc/sys/vm/drop_caches
+run verify-corrupt "$A" verify --pool /md-raid6.yaml --status-out "$O/verify-corrupt.json"
+# Repair it (the kernel rewrites parity) so that the later steps see a consistent array.
+echo repair >"/sys/block/$(basename "$(readlink -f /dev/md/data)")/md/sync_action"
+mdadm --wait /dev/md/data >/dev/null 2>&1
+
 # Failing one member makes the status Degraded.
 run md-fail mdadm /dev/md/data --fail /dev/vdb
 apply md-degraded md-raid6.yaml

@@ -65,6 +65,14 @@ impl AgentState {
         }
     }
 
+    /// A state whose clock starts at `started` (schedules count from there on the first look).
+    pub fn started_at(node: &str, started: DateTime) -> AgentState {
+        AgentState {
+            started,
+            ..AgentState::new(node)
+        }
+    }
+
     /// Whether pool `name`'s schedule fired since the last look (the first look counts from the
     /// agent's start: scrubs missed while the agent was down are not made up).
     pub fn scrub_due(&mut self, name: &str, schedule: &str, now: DateTime) -> Result<bool> {
@@ -426,7 +434,108 @@ pub async fn pass_with(
             warn!(pool = %pool.name_any(), error = %e, "pool reconcile failed");
         }
     }
-    report_policies(client, cfg).await
+    report_policies(client, cfg).await?;
+    run_verify_jobs(client, r, cfg, state).await
+}
+
+/// For every GpuRaidPolicy selecting this node whose `verifySchedule` fired since the last look:
+/// verify the parity of each MD pool of the node with the engine (crate::verify), then write the
+/// node's `lastVerify` and its throughput row into the policy status and an Event on the pool.
+pub async fn run_verify_jobs(
+    client: &Client,
+    r: &dyn Runner,
+    cfg: &Config,
+    state: &mut AgentState,
+) -> Result<()> {
+    let api: Api<GpuRaidPolicy> = Api::all(client.clone());
+    let manager = format!("{MANAGER}-{}", cfg.node_name);
+    for p in api.list(&ListParams::default()).await.map_err(kube_err)? {
+        let selected = p
+            .status
+            .as_ref()
+            .is_some_and(|s| s.nodes.iter().any(|n| n.node_name == cfg.node_name));
+        let Some(schedule) = p.spec.verify_schedule.clone().filter(|_| selected) else {
+            continue;
+        };
+        let pname = p.name_any();
+        let due = state
+            .scrub_due(
+                &format!("policy/{pname}"),
+                &schedule,
+                Zoned::now().datetime(),
+            )
+            .unwrap_or_else(|e| {
+                warn!(policy = %pname, error = %e, "verifySchedule ignored");
+                false
+            });
+        if !due {
+            continue;
+        }
+        for pool in my_pools(client, &cfg.node_name).await? {
+            let Some(spec) = pool
+                .spec
+                .md
+                .as_ref()
+                .filter(|_| pool.metadata.deletion_timestamp.is_none())
+            else {
+                continue;
+            };
+            info!(policy = %pname, pool = %pool.name_any(), "verifySchedule fired: parity verify");
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let (last, row, draft) = match crate::verify::verify_md(r, spec, cfg.dry_run) {
+                Ok(o) => (
+                    json!({"time": now, "pool": pool.name_any(), "backend": o.backend, "stripes": o.stripes,
+                           "mismatches": o.mismatches, "gbPerSecond": o.gb_per_second}),
+                    Some(
+                        json!({"nodeName": cfg.node_name, "backend": o.backend, "code": o.code,
+                                "gbPerSecond": o.gb_per_second}),
+                    ),
+                    if o.mismatches == 0 {
+                        (
+                            false,
+                            "ParityVerified".to_string(),
+                            format!(
+                                "{} {}: {} stripes consistent, {:.2} GB/s ({})",
+                                o.array, o.code, o.stripes, o.gb_per_second, o.backend
+                            ),
+                        )
+                    } else {
+                        (
+                            true,
+                            "ParityMismatch".to_string(),
+                            format!(
+                                "{} {}: {} inconsistent 4 KiB pages in {} stripes; blamed: {:?}",
+                                o.array, o.code, o.mismatches, o.stripes, o.blamed
+                            ),
+                        )
+                    },
+                ),
+                Err(e) => (
+                    json!({"time": now, "pool": pool.name_any(), "backend": "", "stripes": 0,
+                           "mismatches": 0, "gbPerSecond": 0.0, "error": e.to_string()}),
+                    None,
+                    (true, "ParityVerifyFailed".to_string(), e.to_string()),
+                ),
+            };
+            let mut st = json!({"nodes": [{"nodeName": cfg.node_name, "applied": true, "lastVerify": last}]});
+            if let Some(row) = row {
+                st["throughput"] = json!([row]);
+            }
+            let patch = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy", "status": st});
+            api.patch_status(
+                &pname,
+                &PatchParams::apply(&manager).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_err)?;
+            // Every verify is news (a schedule fired): forget the last reason first.
+            let subject = format!("verify/{}", pool.name_any());
+            state.last_event.remove(&subject);
+            event_on_change(client, state, subject, &pool.object_ref(&()), Some(draft)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Run until SIGINT/SIGTERM: a pass every `interval`, and one soon after any StoragePool or

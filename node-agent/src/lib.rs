@@ -14,6 +14,7 @@ pub mod plan;
 pub mod runner;
 pub mod schedule;
 pub mod smart;
+pub mod verify;
 pub mod zfs;
 
 pub use error::{Error, Result};

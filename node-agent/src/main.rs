@@ -63,6 +63,21 @@ enum Cmd {
         #[arg(long)]
         status_out: Option<PathBuf>,
     },
+    /// Verify the parity of one MD StoragePool (a YAML file) with the Tessera parity engine: the
+    /// array is put read-only while its members are read (not with --dry-run). Exit 0 consistent,
+    /// 1 inconsistent pages found, 2 error.
+    Verify {
+        /// The StoragePool manifest (backend md).
+        #[arg(long)]
+        pool: PathBuf,
+        /// Leave the array read-write (reading changes nothing; writes during the check may then
+        /// show as mismatches).
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the outcome here as JSON.
+        #[arg(long)]
+        status_out: Option<PathBuf>,
+    },
     /// Plan and apply one StoragePool (a YAML file) on this node.
     Apply {
         /// The StoragePool manifest.
@@ -210,6 +225,46 @@ fn main() -> ExitCode {
             } else {
                 3
             })
+        })(),
+        Cmd::Verify {
+            pool,
+            dry_run,
+            status_out,
+        } => (|| {
+            let text =
+                std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let sp: tessera_crds::StoragePool =
+                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let spec = sp
+                .spec
+                .md
+                .as_ref()
+                .ok_or_else(|| format!("{}: verify needs an md pool", pool.display()))?;
+            let o = tessera_node_agent::verify::verify_md(&r, spec, dry_run)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{} {} ({}): {} stripes, {} inconsistent 4 KiB pages{}, {:.3} GB/s in {:.2} s",
+                o.array,
+                o.code,
+                o.backend,
+                o.stripes,
+                o.mismatches,
+                if o.blamed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (blamed: {})", o.blamed.join(", "))
+                },
+                o.gb_per_second,
+                o.seconds
+            );
+            if let Some(p) = status_out {
+                std::fs::write(
+                    &p,
+                    serde_json::to_vec_pretty(&o).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(if o.mismatches == 0 { 0 } else { 1 })
         })(),
         Cmd::Apply {
             pool,

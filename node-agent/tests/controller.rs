@@ -303,3 +303,119 @@ async fn a_deleted_destroy_pool_is_destroyed_and_confirmed() {
     .await
     .unwrap();
 }
+
+/// A GpuRaidPolicy's verifySchedule in controller mode: when it fired, the agent verifies each MD
+/// pool of the node and writes `lastVerify` into its own entry of the policy status (here the
+/// array is absent, so the entry carries the error) and an Event on the pool.
+#[tokio::test]
+async fn a_due_verify_schedule_reports_into_the_policy_status() {
+    use tessera_node_agent::controller::{AgentState, run_verify_jobs};
+    use tessera_node_agent::runner::ScriptedRunner;
+
+    let c = cluster().await.unwrap();
+    let client = c.client().await.unwrap();
+    install_crds(&client, &repo_root().join("charts/tessera/crds"))
+        .await
+        .unwrap();
+    let node = "storage-verify";
+    let sps: Api<StoragePool> = Api::all(client.clone());
+    let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool",
+        "metadata": {"name": "verify-md"},
+        "spec": {"nodeName": node, "backend": "md",
+                 "md": {"name": "vdata", "level": 6,
+                        "devices": ["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd"]}}});
+    sps.patch(
+        "verify-md",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+    let st = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": {"nodeName": node}});
+    sps.patch_status(
+        "verify-md",
+        &PatchParams::apply("tessera-operator").force(),
+        &Patch::Apply(&st),
+    )
+    .await
+    .unwrap();
+    let grps: Api<GpuRaidPolicy> = Api::all(client.clone());
+    let pol = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy",
+        "metadata": {"name": "verify-hourly"}, "spec": {"verifySchedule": "0 * * * *"}});
+    grps.patch(
+        "verify-hourly",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&pol),
+    )
+    .await
+    .unwrap();
+    let st = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy",
+        "status": {"nodes": [{"nodeName": node, "gpus": ["GPU-v"]}]}});
+    grps.patch_status(
+        "verify-hourly",
+        &PatchParams::apply("tessera-operator").force(),
+        &Patch::Apply(&st),
+    )
+    .await
+    .unwrap();
+
+    let cfg = Config {
+        node_name: node.into(),
+        dry_run: false,
+        interval: Duration::from_secs(30),
+        thresholds: Thresholds::default(),
+        chap: Vec::new(),
+        listen: None,
+    };
+    let r = ScriptedRunner::default();
+    r.fail(
+        "mdadm --detail --export /dev/md/vdata",
+        "mdadm: cannot open /dev/md/vdata",
+    );
+    // The agent started two hours ago: the hourly schedule has fired since.
+    let started = k8s_openapi::jiff::Zoned::now()
+        .datetime()
+        .checked_sub(k8s_openapi::jiff::Span::new().hours(2))
+        .unwrap();
+    let mut state = AgentState::started_at(node, started);
+    run_verify_jobs(&client, &r, &cfg, &mut state)
+        .await
+        .unwrap();
+
+    let p = grps.get("verify-hourly").await.unwrap();
+    let entry = p
+        .status
+        .unwrap()
+        .nodes
+        .into_iter()
+        .find(|n| n.node_name == node)
+        .unwrap();
+    assert_eq!(entry.gpus, ["GPU-v"], "the operator's field stays");
+    let last = entry.last_verify.expect("lastVerify written");
+    assert_eq!(last.pool, "verify-md");
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("vdata does not exist"),
+        "{last:?}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("verify-md"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["ParityVerifyFailed"]);
+
+    // Not due again within the hour: nothing more runs.
+    let n = r.calls.lock().unwrap().len();
+    run_verify_jobs(&client, &r, &cfg, &mut state)
+        .await
+        .unwrap();
+    assert_eq!(r.calls.lock().unwrap().len(), n);
+}
