@@ -87,11 +87,30 @@ pub fn best_fit(
     ledgers: &BTreeMap<String, Ledger>,
     req: &Request,
 ) -> Option<Placement> {
-    let empty = Ledger::default();
+    best_fit_usage(gpus, &usage_of(ledgers), req)
+}
+
+/// Memory and compute share in use per GPU UUID, over all ledgers.
+pub type Usage = std::collections::HashMap<String, (u128, u32)>;
+
+/// The usage of every GPU named in `ledgers` (one pass over every entry).
+pub fn usage_of(ledgers: &BTreeMap<String, Ledger>) -> Usage {
+    let mut u = Usage::new();
+    for e in ledgers.values().flat_map(|l| l.shares.values()) {
+        let slot = u.entry(e.gpu_uuid.clone()).or_insert((0, 0));
+        slot.0 += e.memory_bytes;
+        slot.1 += u32::from(e.compute_share);
+    }
+    u
+}
+
+/// [`best_fit`] against a precomputed usage (the batch allocator keeps it up to date as it
+/// places claims, instead of summing the ledgers again for every claim).
+pub fn best_fit_usage(gpus: &[GpuCapacity], usage: &Usage, req: &Request) -> Option<Placement> {
     gpus.iter()
         .filter(|g| req.selector.matches(g.index, &g.uuid, &g.model))
         .filter_map(|g| {
-            let (mem_used, share_used) = ledgers.get(&g.node).unwrap_or(&empty).used(&g.uuid);
+            let (mem_used, share_used) = usage.get(&g.uuid).copied().unwrap_or((0, 0));
             let mem_free = g.memory_bytes.checked_sub(mem_used)?;
             let share_free = 100u32.checked_sub(share_used)?;
             let memory_left = mem_free.checked_sub(req.memory_bytes)?;

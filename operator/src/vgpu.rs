@@ -24,9 +24,7 @@ use tessera_crds::vgpu_claim::{Allocation, ClaimPhase, ReservedFor};
 use tessera_crds::{TesseraNode, VGpuClaim, parse_quantity};
 use tracing::{info, warn};
 
-use crate::allocator::{
-    GpuCapacity, LEDGER_ANNOTATION, Ledger, LedgerEntry, Request, best_fit, share_id,
-};
+use crate::allocator::{GpuCapacity, LEDGER_ANNOTATION, Ledger, LedgerEntry, Request, share_id};
 use crate::conditions;
 use crate::{Context, Error, Result, write_status};
 
@@ -40,13 +38,21 @@ const LEDGER_RETRIES: usize = 32;
 pub async fn run(ctx: Arc<Context>, nodes: Store<TesseraNode>) {
     let claims: Api<VGpuClaim> = Api::all(ctx.client.clone());
     let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let (alloc_tx, alloc_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(VGpuContext {
         ctx,
         nodes,
         ledger_lock: Default::default(),
+        alloc_tx,
     });
+    tokio::spawn(allocator_task(ctx.clone(), alloc_rx));
     let (reader, writer) = kube::runtime::reflector::store();
     Controller::for_stream(crate::lean_stream(claims, writer), reader)
+        // Bounded: a burst of claims waits in the controller's queue (cheap), not as thousands of
+        // in-flight reconciles (memory), and each allocator batch stays small enough to answer fast.
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .watches(pods, watcher::Config::default(), |pod| {
             let ns = pod.namespace()?;
             let claim = pod.annotations().get(CLAIM_ANNOTATION)?.clone();
@@ -67,6 +73,164 @@ pub struct VGpuContext {
     /// starts from them instead of a GET, and the choice of GPU sees them before the watch cache
     /// does. Correctness still rests on the resourceVersion guard: a stale entry only costs a 409.
     pub ledger_lock: tokio::sync::Mutex<std::collections::HashMap<String, TesseraNode>>,
+    /// Allocation requests to the batch allocator (see [`allocator_task`]).
+    pub alloc_tx: tokio::sync::mpsc::UnboundedSender<AllocRequest>,
+}
+
+/// Where a claim was placed: (node, share id, ledger entry).
+pub type Placed = (String, String, LedgerEntry);
+
+/// One claim waiting for a GPU.
+pub struct AllocRequest {
+    uid: String,
+    namespace: String,
+    name: String,
+    req: Request,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Placed>>>,
+}
+
+/// Most claims placed in one batch (at most RECONCILE_CONCURRENCY are ever waiting).
+const ALLOC_BATCH: usize = 1024;
+/// VGpuClaim reconciles running at once.
+const RECONCILE_CONCURRENCY: u16 = 64;
+
+/// Places claims in batches: every reconcile that needs a GPU queues its request here; the task
+/// takes whatever is queued, places all of it against one parse of the ledgers (best fit, in
+/// arrival order, usage updated as it goes), and writes each touched node's ledger once. A burst of
+/// N claims then costs a few ledger writes per node instead of N serialized read-modify-writes.
+/// Each write still goes through the resourceVersion guard and re-checks every entry against the
+/// fresh ledger, so nothing is over-committed when another replica or a release wrote meanwhile.
+async fn allocator_task(
+    ctx: Arc<VGpuContext>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<AllocRequest>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < ALLOC_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let answers = allocate_batch(&ctx, &batch).await;
+        for (r, a) in batch.into_iter().zip(answers) {
+            let _ = r.reply.send(a);
+        }
+    }
+}
+
+async fn allocate_batch(ctx: &VGpuContext, batch: &[AllocRequest]) -> Vec<Result<Option<Placed>>> {
+    let mut answers: Vec<Option<Result<Option<Placed>>>> = batch.iter().map(|_| None).collect();
+    let mut written = ctx.ledger_lock.lock().await;
+    let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
+    let mut gpus = Vec::new();
+    for n in ctx.nodes.state() {
+        gpus.extend(gpus_of(&n));
+        let name = n.name_any();
+        let ledger = match written.get(&name) {
+            Some(w) => ledger_of(w),
+            None => ledger_of(&n),
+        };
+        match ledger {
+            Ok(l) => {
+                ledgers.insert(name, l);
+            }
+            Err(e) => warn!(node = %name, error = %e, "skipping a node with an unreadable ledger"),
+        }
+    }
+    // Claims already in a ledger (a crash between the ledger write and the status write).
+    let wanted: std::collections::HashSet<&str> = batch.iter().map(|r| r.uid.as_str()).collect();
+    let mut placed: std::collections::HashMap<&str, Placed> = std::collections::HashMap::new();
+    for (node, l) in &ledgers {
+        for (sid, e) in l
+            .shares
+            .iter()
+            .filter(|(_, e)| wanted.contains(e.claim_uid.as_str()))
+        {
+            placed.insert(e.claim_uid.as_str(), (node.clone(), sid.clone(), e.clone()));
+        }
+    }
+    let mut usage = crate::allocator::usage_of(&ledgers);
+    let mut per_node: BTreeMap<String, Vec<(usize, String, LedgerEntry)>> = BTreeMap::new();
+    for (i, r) in batch.iter().enumerate() {
+        if let Some(p) = placed.get(r.uid.as_str()) {
+            answers[i] = Some(Ok(Some(p.clone())));
+            continue;
+        }
+        let Some(place) = crate::allocator::best_fit_usage(&gpus, &usage, &r.req) else {
+            answers[i] = Some(Ok(None));
+            continue;
+        };
+        let slot = usage.entry(place.gpu.uuid.clone()).or_insert((0, 0));
+        slot.0 += r.req.memory_bytes;
+        slot.1 += u32::from(r.req.compute_share);
+        let entry = LedgerEntry {
+            claim_uid: r.uid.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            gpu_uuid: place.gpu.uuid.clone(),
+            memory_bytes: r.req.memory_bytes,
+            compute_share: r.req.compute_share,
+        };
+        per_node
+            .entry(place.gpu.node.clone())
+            .or_default()
+            .push((i, share_id(&r.uid), entry));
+    }
+    let capacity: std::collections::HashMap<&str, u128> = gpus
+        .iter()
+        .map(|g| (g.uuid.as_str(), g.memory_bytes))
+        .collect();
+    for (node, items) in per_node {
+        let mut outcome: Vec<(usize, Option<(String, LedgerEntry)>)> = Vec::new();
+        let res = update_ledger_locked(ctx, &mut written, &node, |l| {
+            outcome.clear();
+            let mut changed = false;
+            for (i, sid, entry) in &items {
+                if let Some((s, e)) = l.find_claim(&entry.claim_uid) {
+                    outcome.push((*i, Some((s.clone(), e.clone()))));
+                    continue;
+                }
+                let (mem, share) = l.used(&entry.gpu_uuid);
+                let cap = capacity.get(entry.gpu_uuid.as_str()).copied().unwrap_or(0);
+                if mem + entry.memory_bytes <= cap && share + u32::from(entry.compute_share) <= 100
+                {
+                    l.shares.insert(sid.clone(), entry.clone());
+                    outcome.push((*i, Some((sid.clone(), entry.clone()))));
+                    changed = true;
+                } else {
+                    outcome.push((*i, None)); // filled by someone else meanwhile
+                }
+            }
+            changed
+        })
+        .await;
+        match res {
+            Ok(_) => {
+                for (i, o) in outcome.drain(..) {
+                    answers[i] = Some(match o {
+                        Some((sid, e)) => Ok(Some((node.clone(), sid, e))),
+                        None => Err(Error::Conflict(format!(
+                            "GPU on node {node} filled concurrently; placing again"
+                        ))),
+                    });
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (i, _, _) in &items {
+                    answers[*i] = Some(Err(Error::Ledger {
+                        node: node.clone(),
+                        message: msg.clone(),
+                    }));
+                }
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(Error::Conflict("claim left unplaced".into()))))
+        .collect()
 }
 
 fn error_policy(_claim: Arc<VGpuClaim>, err: &Error, ctx: Arc<VGpuContext>) -> Action {
@@ -123,7 +287,7 @@ fn gpus_of(node: &TesseraNode) -> Vec<GpuCapacity> {
 }
 
 /// Where the claim is allocated: (node, share id, entry), looked up in the fresh ledger of the node
-/// its status names, else in the cached ledgers of every node (adoption after a crash).
+/// its status names.
 async fn find_allocation(
     claim: &VGpuClaim,
     ctx: &VGpuContext,
@@ -143,11 +307,8 @@ async fn find_allocation(
         }
         return Ok(None);
     }
-    for n in ctx.nodes.state() {
-        if let Some((sid, e)) = ledger_of(&n)?.find_claim(&uid) {
-            return Ok(Some((n.name_any(), sid.clone(), e.clone())));
-        }
-    }
+    // No allocation in the status: the allocator adopts a ledger entry left by a crash (it indexes
+    // every ledger once per batch instead of every reconcile scanning them all).
     Ok(None)
 }
 
@@ -223,68 +384,18 @@ fn request_of(claim: &VGpuClaim) -> Result<Request> {
     })
 }
 
-async fn allocate(
-    claim: &VGpuClaim,
-    ctx: &VGpuContext,
-) -> Result<Option<(String, String, LedgerEntry)>> {
-    let req = request_of(claim)?;
-    let uid = claim.uid().unwrap_or_default();
-    let mut written = ctx.ledger_lock.lock().await;
-    let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
-    let mut gpus = Vec::new();
-    for n in ctx.nodes.state() {
-        gpus.extend(gpus_of(&n));
-        let name = n.name_any();
-        let ledger = match written.get(&name) {
-            Some(w) => ledger_of(w)?,
-            None => ledger_of(&n)?,
-        };
-        ledgers.insert(name, ledger);
-    }
-    // The cache may be stale: each attempt re-checks the fit against the node's fresh ledger inside
-    // the guarded write, and on a miss refreshes that node's ledger and chooses again.
-    for _ in 0..LEDGER_RETRIES {
-        let Some(place) = best_fit(&gpus, &ledgers, &req) else {
-            return Ok(None);
-        };
-        let node = place.gpu.node.clone();
-        let sid = share_id(&uid);
-        let entry = LedgerEntry {
-            claim_uid: uid.clone(),
-            namespace: claim.namespace().unwrap_or_default(),
-            name: claim.name_any(),
-            gpu_uuid: place.gpu.uuid.clone(),
-            memory_bytes: req.memory_bytes,
-            compute_share: req.compute_share,
-        };
-        let mut fresh = Ledger::default();
-        let ok = update_ledger_locked(ctx, &mut written, &node, |l| {
-            fresh = l.clone();
-            if l.find_claim(&uid).is_some() {
-                return false; // already there (a concurrent reconcile of the same claim)
-            }
-            let one = BTreeMap::from([(node.clone(), l.clone())]);
-            let node_gpus: Vec<GpuCapacity> = gpus
-                .iter()
-                .filter(|g| g.uuid == place.gpu.uuid)
-                .cloned()
-                .collect();
-            if best_fit(&node_gpus, &one, &req).is_none() {
-                return false;
-            }
-            l.shares.insert(sid.clone(), entry.clone());
-            true
-        })
-        .await?;
-        if ok {
-            return Ok(Some((node, sid, entry)));
-        }
-        if let Some((s, e)) = fresh.find_claim(&uid) {
-            return Ok(Some((node, s.clone(), e.clone())));
-        }
-        ledgers.insert(node, fresh);
-    }
-    Err(Error::Conflict("allocation kept losing races".into()))
+async fn allocate(claim: &VGpuClaim, ctx: &VGpuContext) -> Result<Option<Placed>> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let req = AllocRequest {
+        uid: claim.uid().unwrap_or_default(),
+        namespace: claim.namespace().unwrap_or_default(),
+        name: claim.name_any(),
+        req: request_of(claim)?,
+        reply,
+    };
+    let gone = || Error::Conflict("the allocator task is gone".into());
+    ctx.alloc_tx.send(req).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
 }
 
 async fn consumers(claim: &VGpuClaim, ctx: &VGpuContext) -> Result<Vec<ReservedFor>> {
