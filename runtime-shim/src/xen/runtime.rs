@@ -22,6 +22,9 @@ use crate::error::{Result, ShimError};
 use crate::image::{ImageStore, StoredImage, rootfs};
 use crate::util::{cri_log_lines, new_id, now_ns};
 
+/// Memory a guest needs beside its container's limit (kernel, agent, a page-cache floor), MiB.
+pub const GUEST_OVERHEAD_MIB: u64 = 64;
+
 #[derive(Debug, Clone)]
 pub struct XenConfig {
     pub handler: String,
@@ -413,6 +416,7 @@ impl XenRuntime {
             config.working_dir.clone()
         };
 
+        let (memory_mib, vcpus) = self.domain_size(&config);
         let id = new_id(&format!("{sid}/{}", meta.name));
         let domain = format!("tessera-{}", &id[..12]);
         let dir = self.cfg.state_dir.join("containers").join(&id);
@@ -435,8 +439,8 @@ impl XenRuntime {
                 kernel: self.cfg.kernel.clone(),
                 initramfs: self.cfg.initramfs.clone(),
                 cmdline: self.cfg.cmdline.clone(),
-                memory_mib: self.cfg.memory_mib,
-                vcpus: self.cfg.vcpus,
+                memory_mib,
+                vcpus,
                 disks: vec![disk.clone()],
             };
             let cfg_path = dir.join("domain.cfg");
@@ -508,6 +512,27 @@ impl XenRuntime {
         }
         info!(container = %id, domain = %domain, domid, "xen container created");
         Ok(id)
+    }
+
+    /// Domain size from the container's resources: memory limit + the guest's own share
+    /// (`GUEST_OVERHEAD_MIB`: kernel, agent, page cache floor), vCPUs = ceil(quota / period); the
+    /// configured defaults when the pod sets no limit.
+    fn domain_size(&self, config: &cri::ContainerConfig) -> (u64, u32) {
+        let res = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+        let memory = res
+            .map(|r| r.memory_limit_in_bytes)
+            .filter(|&b| b > 0)
+            .map(|b| (u64::try_from(b).unwrap_or(0) >> 20) + GUEST_OVERHEAD_MIB)
+            .unwrap_or(self.cfg.memory_mib);
+        let vcpus = res
+            .filter(|r| r.cpu_quota > 0 && r.cpu_period > 0)
+            .map(|r| {
+                u32::try_from((r.cpu_quota + r.cpu_period - 1) / r.cpu_period)
+                    .unwrap_or(1)
+                    .max(1)
+            })
+            .unwrap_or(self.cfg.vcpus);
+        (memory, vcpus)
     }
 
     fn wait_agent_ready(&self, domain: &str, domid: u32) -> Result<()> {

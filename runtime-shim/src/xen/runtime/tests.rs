@@ -384,6 +384,55 @@ fn pod_lifecycle_through_the_guest_protocol() {
 }
 
 #[test]
+fn the_domain_is_sized_from_the_container_resources() {
+    let r = rig(FakeHv::default());
+    let _guest = FakeGuest::start(r.xs.clone());
+    let (mut cfg, pcfg) = container("example.com/app:1", r.dir.path());
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 512 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 150_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let sid = r.rt.run_pod_sandbox(pcfg).unwrap();
+    let cid = r.rt.create_container(&sid, cfg, None).unwrap();
+    let xl = fs::read_to_string(
+        r.dir
+            .path()
+            .join("state/containers")
+            .join(&cid)
+            .join("domain.cfg"),
+    )
+    .unwrap();
+    assert!(
+        xl.contains(&format!("memory = {}\n", 512 + GUEST_OVERHEAD_MIB)),
+        "{xl}"
+    );
+    assert!(xl.contains("vcpus = 2\n"), "{xl}");
+    // Without limits: the configured defaults.
+    let (cfg, pcfg) = container("example.com/app:1", r.dir.path());
+    let mut pcfg = pcfg;
+    pcfg.metadata.as_mut().unwrap().name = "p2".into();
+    let sid = r.rt.run_pod_sandbox(pcfg).unwrap();
+    let cid = r.rt.create_container(&sid, cfg, None).unwrap();
+    let xl = fs::read_to_string(
+        r.dir
+            .path()
+            .join("state/containers")
+            .join(&cid)
+            .join("domain.cfg"),
+    )
+    .unwrap();
+    assert!(
+        xl.contains("memory = 256\n") && xl.contains("vcpus = 1\n"),
+        "{xl}"
+    );
+}
+
+#[test]
 fn a_domain_that_dies_while_booting_leaves_nothing_behind() {
     let r = rig(FakeHv {
         die_on_unpause: true,
