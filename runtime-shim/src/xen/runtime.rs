@@ -87,6 +87,71 @@ struct State {
     containers: HashMap<String, XenContainer>,
 }
 
+/// What a container directory keeps so that a restarted shim can take its pod back: the CRI
+/// configs (protobuf), the image and the ids (`saved.json` + `sandbox.pb` + `container.pb`).
+struct Saved {
+    sandbox_id: String,
+    sandbox_config: cri::PodSandboxConfig,
+    sandbox_created_at: i64,
+    config: cri::ContainerConfig,
+    image: StoredImage,
+    log_path: Option<PathBuf>,
+    created_at: i64,
+}
+
+impl Saved {
+    fn save(&self, dir: &Path) -> Result<()> {
+        use prost::Message as _;
+        let meta = json!({
+            "sandboxId": self.sandbox_id, "sandboxCreatedAt": self.sandbox_created_at,
+            "image": self.image, "logPath": self.log_path, "createdAt": self.created_at,
+        });
+        for (name, bytes) in [
+            ("sandbox.pb", self.sandbox_config.encode_to_vec()),
+            ("container.pb", self.config.encode_to_vec()),
+            ("saved.json", meta.to_string().into_bytes()),
+        ] {
+            // saved.json last: its presence means the rest is complete.
+            let p = dir.join(name);
+            fs::write(&p, bytes).map_err(|e| ShimError::io(&p, e))?;
+        }
+        Ok(())
+    }
+
+    fn load(dir: &Path) -> Result<Saved> {
+        use prost::Message as _;
+        let read = |name: &str| {
+            let p = dir.join(name);
+            fs::read(&p).map_err(|e| ShimError::io(&p, e))
+        };
+        let meta: serde_json::Value =
+            serde_json::from_slice(&read("saved.json")?).map_err(|source| ShimError::Json {
+                what: format!("{}/saved.json", dir.display()),
+                source,
+            })?;
+        let bad = |what: &str| ShimError::InvalidArgument(format!("{}: bad {what}", dir.display()));
+        let image: StoredImage =
+            serde_json::from_value(meta["image"].clone()).map_err(|source| ShimError::Json {
+                what: format!("{}/saved.json image", dir.display()),
+                source,
+            })?;
+        Ok(Saved {
+            sandbox_id: meta["sandboxId"]
+                .as_str()
+                .ok_or_else(|| bad("sandboxId"))?
+                .to_string(),
+            sandbox_config: cri::PodSandboxConfig::decode(read("sandbox.pb")?.as_slice())
+                .map_err(|_| bad("sandbox.pb"))?,
+            sandbox_created_at: meta["sandboxCreatedAt"].as_i64().unwrap_or(0),
+            config: cri::ContainerConfig::decode(read("container.pb")?.as_slice())
+                .map_err(|_| bad("container.pb"))?,
+            image,
+            log_path: meta["logPath"].as_str().map(PathBuf::from),
+            created_at: meta["createdAt"].as_i64().unwrap_or(0),
+        })
+    }
+}
+
 pub struct XenRuntime {
     cfg: XenConfig,
     hv: Arc<dyn Hypervisor>,
@@ -138,14 +203,99 @@ impl XenRuntime {
     ) -> Result<Self> {
         fs::create_dir_all(cfg.state_dir.join("containers"))
             .map_err(|e| ShimError::io(&cfg.state_dir, e))?;
-        Ok(XenRuntime {
+        let rt = XenRuntime {
             cfg,
             hv,
             xs,
             images,
             runner,
             state: Mutex::new(State::default()),
-        })
+        };
+        rt.recover()?;
+        Ok(rt)
+    }
+
+    /// After a restart: every container directory whose domain still runs becomes a pod and
+    /// container again (from the CRI configs saved at create); a directory whose domain is gone,
+    /// or that a crash left half made, is removed together with its domain and disk image.
+    fn recover(&self) -> Result<()> {
+        let root = self.cfg.state_dir.join("containers");
+        let entries = fs::read_dir(&root).map_err(|e| ShimError::io(&root, e))?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let domain = format!("tessera-{}", id.get(..12).unwrap_or(&id));
+            let saved = match Saved::load(&dir) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(container = %id, error = %e, "no usable saved state (crash during create?)");
+                    None
+                }
+            };
+            let running = self.hv.find(&domain)?;
+            match (saved, running) {
+                (Some(saved), Some(info)) => {
+                    // Exec numbers the guest has seen (their requests stay): never reuse one.
+                    let exec_seq = self
+                        .xs
+                        .directory(&format!("{}/tessera/exec", dom(info.domid)))?
+                        .iter()
+                        .filter_map(|n| n.parse::<u64>().ok())
+                        .max()
+                        .map_or(0, |m| m + 1);
+                    let mut st = self.lock()?;
+                    st.sandboxes.insert(
+                        saved.sandbox_id.clone(),
+                        XenSandbox {
+                            id: saved.sandbox_id.clone(),
+                            config: saved.sandbox_config,
+                            created_at: saved.sandbox_created_at,
+                            ready: true,
+                            container: Some(id.clone()),
+                        },
+                    );
+                    st.containers.insert(
+                        id.clone(),
+                        XenContainer {
+                            id: id.clone(),
+                            sandbox_id: saved.sandbox_id,
+                            config: saved.config,
+                            image: saved.image,
+                            domain: domain.clone(),
+                            domid: info.domid,
+                            dir: dir.clone(),
+                            log_path: saved.log_path,
+                            created_at: saved.created_at,
+                            started_at: 0,
+                            finished_at: 0,
+                            exit_code: 0,
+                            state: CState::Created,
+                            reason: String::new(),
+                            message: String::new(),
+                            log_seq: 0,
+                            pending_out: Vec::new(),
+                            pending_err: Vec::new(),
+                            exec_seq,
+                        },
+                    );
+                    drop(st);
+                    // The guest's keys say whether it runs or exited meanwhile.
+                    let _ = self.refresh(&id);
+                    info!(container = %id, domain = %domain, domid = info.domid, "recovered a running xen pod");
+                }
+                (_, running) => {
+                    if running.is_some() {
+                        warn!(domain = %domain, "destroying a domain the shim has no state for");
+                        self.hv.destroy(&domain)?;
+                    }
+                    info!(container = %id, dir = %dir.display(), "removing a leftover container directory (disk image)");
+                    if let Err(e) = fs::remove_dir_all(&dir) {
+                        warn!(dir = %dir.display(), error = %e, "removing leftover directory");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn handler(&self) -> &str {
@@ -484,6 +634,22 @@ impl XenRuntime {
             (!ld.is_empty() && !config.log_path.is_empty())
                 .then(|| Path::new(ld).join(&config.log_path))
         };
+        let saved = Saved {
+            sandbox_id: sid.clone(),
+            sandbox_config: sandbox.config.clone(),
+            sandbox_created_at: sandbox.created_at,
+            config: config.clone(),
+            image: image.clone(),
+            log_path: log_path.clone(),
+            created_at: now_ns(),
+        };
+        if let Err(e) = saved.save(&dir) {
+            // Without it a restart would lose the pod: fail the create and clean up.
+            warn!(container = %id, error = %e, "saving the container state failed; removing domain and disk");
+            let _ = self.hv.destroy(&domain);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let c = XenContainer {
             id: id.clone(),
             sandbox_id: sid.clone(),

@@ -433,6 +433,67 @@ fn the_domain_is_sized_from_the_container_resources() {
 }
 
 #[test]
+fn a_restarted_shim_takes_running_pods_back_and_cleans_up_leftovers() {
+    let r = rig(FakeHv::default());
+    let _guest = FakeGuest::start(r.xs.clone());
+    let logs = r.dir.path().join("logs");
+    let (cfg, pcfg) = container("example.com/app:1", &logs);
+    let sid = r.rt.run_pod_sandbox(pcfg.clone()).unwrap();
+    let cid = r.rt.create_container(&sid, cfg, None).unwrap();
+    r.rt.start_container(&cid).unwrap();
+    let ex = r.rt.exec_sync(&cid, &["x".into()], 10).unwrap();
+    assert_eq!(ex.exit_code, 3);
+    // A half-made container (crash before its state was saved) and one whose domain is gone.
+    let root = r.dir.path().join("state/containers");
+    fs::create_dir_all(root.join("aaaaaaaaaaaaaaaa")).unwrap();
+    fs::write(root.join("aaaaaaaaaaaaaaaa/rootfs.img"), b"disk").unwrap();
+    r.hv.domains
+        .lock()
+        .unwrap()
+        .insert("tessera-aaaaaaaaaaaa".into(), 77);
+    fs::create_dir_all(root.join("bbbbbbbbbbbbbbbb")).unwrap();
+
+    // The "restart": a new runtime over the same state directory, hypervisor and xenstore.
+    let images = Arc::new(ImageStore::open(r.dir.path().join("images")).unwrap());
+    let cfg2 = r.rt.cfg.clone();
+    let rt2 = XenRuntime::new(cfg2, r.hv.clone(), r.xs.clone(), images, r.runner.clone()).unwrap();
+    let pods = rt2.list_pod_sandbox(None).unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].id, sid);
+    assert_eq!(pods[0].metadata.as_ref().unwrap().name, "p1");
+    let st = rt2.container_status(&cid).unwrap().status.unwrap();
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(st.metadata.unwrap().name, "main");
+    assert!(st.log_path.ends_with("main/0.log"), "{}", st.log_path);
+    // Exec numbering continues after the one the guest has seen (exec/1 answers with an error
+    // in the fake guest, which proves that exec/0 was not reused).
+    let e = rt2.exec_sync(&cid, &["x".into()], 10).unwrap_err();
+    assert!(e.to_string().contains("could not be transferred"), "{e}");
+    // It still answers: stop through the guest protocol.
+    rt2.stop_container(&cid, 5).unwrap();
+    assert_eq!(
+        rt2.container_status(&cid)
+            .unwrap()
+            .status
+            .unwrap()
+            .exit_code,
+        143
+    );
+    // The leftovers are gone, domain included.
+    assert!(!root.join("aaaaaaaaaaaaaaaa").exists());
+    assert!(!root.join("bbbbbbbbbbbbbbbb").exists());
+    assert!(
+        !r.hv
+            .domains
+            .lock()
+            .unwrap()
+            .contains_key("tessera-aaaaaaaaaaaa")
+    );
+    rt2.remove_pod_sandbox(&sid).unwrap();
+    assert_eq!(containers_left(&r), 0);
+}
+
+#[test]
 fn a_domain_that_dies_while_booting_leaves_nothing_behind() {
     let r = rig(FakeHv {
         die_on_unpause: true,
