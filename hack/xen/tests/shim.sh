@@ -6,7 +6,8 @@
 #     Timed: RunPodSandbox -> running container (qemu TCG).
 #  B. a pod with a VGpuClaim allocation annotation running `sleep 600`: `crictl exec -s` reads
 #     /run/tessera/vgpu.json inside the guest; a 2000-line exec output arrives whole (chunked
-#     xenstore transfer); exec exit codes pass through; stats; `crictl stop` -> exit 143.
+#     xenstore transfer); exec exit codes pass through; the shim restarted meanwhile takes the pod
+#     back (listed, running, exec works); stats; `crictl stop` -> exit 143.
 #  C. an image that cannot be pulled: `crictl pull` and `crictl create` fail with a clear error
 #     and no domain or disk image is left.
 #  D. a domain that fails to boot (a second shim whose guest initramfs is not one: the guest
@@ -167,6 +168,19 @@ if POD=$(cri runp --runtime tessera-xen "$W/vgpu-pod.json") && CTR=$(cri create 
     check "exec exit code 7 and stderr pass through ($(tail -1 "$W/exec7.out"))" \
       grep -q 'exited with 7: to-stderr' "$W/exec7.out"
   fi
+  # Restart the shim while the pod runs: it takes the pod back from its saved state.
+  main_pid=${SHIM_PIDS# }
+  main_pid=${main_pid%% *}
+  kill "$main_pid"
+  i=0
+  while kill -0 "$main_pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  SHIM_PIDS=
+  start_shim /var/log/tessera-shim-2.log "$SOCK" "$S" "$TESSERA_GUEST_INITRD" --boot-timeout-s 180 \
+    --allow-allocation-annotation || bad "tessera-shim restart"
+  check "after a shim restart the pod is listed again" sh -c "crictl pods -q | grep -q '^$POD'"
+  check "after a shim restart the container is still running" [ "$(state_of "$CTR")" = CONTAINER_RUNNING ]
+  got=$(cri exec -s "$CTR" cat /run/tessera/vgpu.json)
+  check "after a shim restart exec still works" [ "$got" = "$ALLOC" ]
   cri stats --id "$CTR" || true
   check "crictl stats reports CPU for the domain" sh -c "crictl stats -o json --id $CTR | grep -q usageCoreNanoSeconds"
   t=$(up)
@@ -234,7 +248,9 @@ else
 fi
 
 echo "--- tessera-shim log (tail)"
-tail -n 40 /var/log/tessera-shim.log
+tail -n 20 /var/log/tessera-shim.log
+echo "--- tessera-shim log after the restart (tail)"
+tail -n 20 /var/log/tessera-shim-2.log
 echo "--- tessera-shim (broken guest) log (tail)"
 tail -n 15 /var/log/tessera-shim-broken.log 2>/dev/null
 for p in $SHIM_PIDS; do kill "$p" 2>/dev/null; done
