@@ -157,7 +157,8 @@ fn gpu_matches_cpu() {
         }
     }
 
-    // --- every split plan of the matrix kernel (the engine picks one by size), odd lengths too
+    // --- every plan of the matrix kernel (split, preload, fence, staged, select, dependent
+    //     launch; the engine picks one by size), odd lengths too
     for &len in &[32usize, 4096 + 5, (1 << 20) + 13, (5 << 20) + 32] {
         for (k, m) in [
             (10usize, 4usize),
@@ -182,13 +183,41 @@ fn gpu_matches_cpu() {
                 .iter()
                 .map(|s| stream.clone_htod(*s).expect("htod"))
                 .collect();
-            let plans = (1..=Plan::MAX_SPLIT).flat_map(|split| {
-                [(false, false), (true, false), (true, true)].map(|(preload, select)| Plan {
-                    split,
-                    preload,
-                    select,
+            let staged = |select, pdl, block| Plan {
+                stage: true,
+                select,
+                pdl,
+                block,
+                ..Plan::PLAIN
+            };
+            let fenced = |pdl| Plan {
+                preload: true,
+                fence: true,
+                select: true,
+                pdl,
+                ..Plan::PLAIN
+            };
+            let plans = (1..=Plan::MAX_SPLIT)
+                .flat_map(|split| {
+                    [(false, false), (true, false), (true, true)].map(|(preload, select)| Plan {
+                        split,
+                        preload,
+                        select,
+                        ..Plan::PLAIN
+                    })
                 })
-            });
+                .chain([
+                    staged(false, false, 0),
+                    staged(true, true, 0),
+                    staged(true, true, 64),
+                    fenced(false),
+                    fenced(true),
+                    Plan {
+                        split: 2,
+                        ..fenced(true)
+                    },
+                    Plan::choose(&job, len, gpu.sms()),
+                ]);
             for plan in plans {
                 let mut ddst: Vec<_> = (0..m)
                     .map(|_| stream.alloc_zeros::<u8>(len).expect("alloc"))

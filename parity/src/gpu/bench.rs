@@ -639,7 +639,9 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
     let gpu = Arc::new(CudaParity::open(0)?);
     let stream = gpu.stream().clone();
     let mut s = format!("gpu {}  sms {}\n", gpu.info().name, gpu.sms());
-    s += "kernel plans: GB/s moved, ratio to d2d of the same bytes (events, best of 5); 'auto' = Plan::choose\n";
+    s += "kernel plans: GB/s moved, ratio to d2d of the same bytes (events, best of 5); 'auto' = Plan::choose;\n\
+          graph = us per launch of 50 back-to-back launches in a CUDA graph, kernel/d2d (GPU time without launch gaps)\n\
+          plan name: s<split> p=preload f=fence a=staged (cp.async) t=select transpose d=dependent launch b<threads>\n";
     let all = cases()?;
     for case in &all {
         let kd = k_of(case);
@@ -649,23 +651,28 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
             let (job, src_idx, dst_idx) = case_job(case, kd, shards.len())?;
             let srcs: Vec<&[u8]> = src_idx.iter().map(|&i| shards[i].as_slice()).collect();
             let moved = ((job.k() + job.m()) * shard) as f64;
-            let p = |split, preload, select| {
+            let p = |split, preload, fence, stage, select, pdl| {
                 Some(Plan {
                     split,
                     preload,
+                    fence,
+                    stage,
                     select,
+                    pdl,
+                    ..Plan::PLAIN
                 })
             };
             let plans: Vec<Option<Plan>> = match job {
                 Job::Matrix { .. } => vec![
                     None,
-                    p(1, false, false),
-                    p(1, true, false),
-                    p(1, true, true),
-                    p(2, false, false),
-                    p(2, true, false),
-                    p(2, true, true),
-                    p(3, true, true),
+                    p(1, true, false, false, false, false),
+                    p(1, true, true, false, true, false),
+                    p(1, true, true, false, true, true),
+                    p(1, false, false, true, false, false),
+                    p(1, false, false, true, true, false),
+                    p(1, false, false, true, true, true),
+                    p(2, true, false, false, true, false),
+                    p(2, true, true, false, true, true),
                 ],
                 _ => vec![None],
             };
@@ -684,18 +691,26 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                 let pl = plan.unwrap_or_else(|| Plan::choose(&job, shard, gpu.sms()));
                 let (regs, blocks, threads) = gpu.kernel_info(&job, pl)?;
                 let name = format!(
-                    "{}s{}{}{}[r{regs} b{blocks}x{threads}]",
+                    "{}s{}{}{}{}{}{}b{}[r{regs} b{blocks}x{threads}]",
                     if plan.is_none() { "auto:" } else { "" },
                     pl.split,
                     if pl.preload { "p" } else { "" },
+                    if pl.fence { "f" } else { "" },
+                    if pl.stage { "a" } else { "" },
                     if pl.select { "t" } else { "" },
+                    if pl.pdl { "d" } else { "" },
+                    pl.block_x(job.k(), job.m()),
                 );
+                let (gk, gc) = graph_times(&gpu, &stream, &job, pl, &srcs, shard)?;
                 line += &format!(
-                    "\n    {name} {:.0}/{:.0}={:.2}{}",
+                    "\n    {name} {:.0}/{:.0}={:.2}{} graph {:.2}/{:.2}={:.2}",
                     moved / ks / 1e9,
                     moved / cs / 1e9,
                     cs / ks,
-                    if ok { "" } else { " BAD" }
+                    if ok { "" } else { " BAD" },
+                    gk * 1e6,
+                    gc * 1e6,
+                    gc / gk
                 );
             }
             s += &line;
@@ -770,4 +785,60 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
         }
     }
     Ok(s)
+}
+
+/// Seconds per launch of the kernel of `job` with `plan` and of the d2d copy of the same bytes
+/// moved, each as 50 back-to-back launches captured in a CUDA graph (GPU time, no launch gaps).
+fn graph_times(
+    gpu: &CudaParity,
+    stream: &Arc<CudaStream>,
+    job: &Job,
+    plan: Plan,
+    srcs: &[&[u8]],
+    shard: usize,
+) -> Result<(f64, f64), ParityError> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    const PER: usize = 50;
+    let (k, m) = (job.k(), job.m());
+    let dsrc: Vec<CudaSlice<u8>> = srcs
+        .iter()
+        .map(|s| stream.clone_htod(*s).map_err(cu))
+        .collect::<Result<_, _>>()?;
+    let ddst: Vec<CudaSlice<u8>> = (0..m)
+        .map(|_| stream.alloc_zeros::<u8>(shard).map_err(cu))
+        .collect::<Result<_, _>>()?;
+    let copy_bytes = ((k + m) * shard / 2).next_multiple_of(256);
+    let csrc = stream.alloc_zeros::<u8>(copy_bytes).map_err(cu)?;
+    let cdst = stream.alloc_zeros::<u8>(copy_bytes).map_err(cu)?;
+    // event tracking is off (CudaParity::open): the pointers need no guards here
+    let sp: Vec<u64> = dsrc.iter().map(|s| s.device_ptr(stream).0).collect();
+    let dp: Vec<u64> = ddst.iter().map(|s| s.device_ptr(stream).0).collect();
+    let (cs, cd) = (csrc.device_ptr(stream).0, cdst.device_ptr(stream).0);
+    // SAFETY: device buffers of `shard` / `copy_bytes` bytes owned here, used on this stream.
+    let kernel = || unsafe { gpu.launch_raw_plan(job, plan, &sp, &dp, shard, stream) };
+    let copy =
+        || unsafe { result::memcpy_dtod_async(cd, cs, copy_bytes, stream.cu_stream()) }.map_err(cu);
+    kernel()?; // compile and load before the capture
+    stream.synchronize().map_err(cu)?;
+    let time = |f: &dyn Fn() -> Result<(), ParityError>| -> Result<f64, ParityError> {
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(cu)?;
+        let captured = (0..PER).try_for_each(|_| f());
+        let graph = stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(cu)?
+            .ok_or_else(|| cu("empty graph"))?;
+        captured?;
+        graph.launch().map_err(cu)?;
+        stream.synchronize().map_err(cu)?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            best = best.min(event_time(stream, 4, &mut || graph.launch().map_err(cu))?);
+        }
+        Ok(best / PER as f64)
+    };
+    let gk = time(&kernel)?;
+    let gc = time(&copy)?;
+    Ok((gk, gc * ((k + m) * shard) as f64 / (2 * copy_bytes) as f64))
 }

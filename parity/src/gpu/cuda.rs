@@ -58,6 +58,8 @@ pub struct CudaParity {
     info: GpuInfo,
     sms: u32,
     arch: String,
+    /// Programmatic dependent launch is available (sm_90+).
+    pdl: bool,
 }
 
 impl CudaParity {
@@ -127,6 +129,7 @@ impl CudaParity {
             info,
             sms,
             arch: format!("compute_{maj}{min}"),
+            pdl: maj >= 9,
         })
     }
 
@@ -266,11 +269,7 @@ impl CudaParity {
         p.src[..srcs.len()].copy_from_slice(srcs);
         p.dst[..dsts.len()].copy_from_slice(dsts);
         let items = (len / job.unit()).max(1) as u64;
-        let (bx, by) = if plan.split > 1 {
-            (plan.block_x(job.m()) as u32, plan.split as u32)
-        } else {
-            (256, 1)
-        };
+        let (bx, by) = (plan.block_x(job.k(), job.m()) as u32, plan.split as u32);
         // Enough blocks to fill every SM several times; grid-stride beyond that.
         let blocks = items
             .div_ceil(bx as u64)
@@ -283,6 +282,9 @@ impl CudaParity {
         if self.fault() == Some(Fault::Launch) {
             // More threads per block than any CUDA device allows: the driver refuses the launch.
             cfg.block_dim = (4096, 1, 1);
+        }
+        if plan.pdl && self.pdl {
+            return pdl_launch(&self.ctx, &f, cfg, &mut p, stream);
         }
         let mut b = stream.launch_builder(&f);
         b.arg(&p);
@@ -362,14 +364,66 @@ pub enum Fault {
     Alloc,
 }
 
-/// The split of a matrix job never exceeds its source count or [`Plan::MAX_SPLIT`]; other
-/// jobs always run one group.
+/// `cuLaunchKernelEx` with programmatic stream serialization: the kernel may be placed on the
+/// GPU before the previous kernel of the stream has finished; it waits for it in
+/// `griddepcontrol.wait` before touching memory (`pdl_start` in the kernel source).
+fn pdl_launch(
+    ctx: &CudaContext,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    p: &mut Params,
+    stream: &CudaStream,
+) -> Result<(), ParityError> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread().map_err(cu)?;
+    // SAFETY: all-zero is a valid value of this plain C union.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attr = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    };
+    let lc = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    let mut args = [p as *mut Params as *mut std::ffi::c_void];
+    // SAFETY: one kernel parameter (the Params block, by value) as the kernel declares;
+    // the config and attribute outlive the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &lc,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(cu)
+}
+
+/// The split of a matrix job never exceeds its source count or [`Plan::MAX_SPLIT`] (staging
+/// is for one group, the fence for preloads); other jobs always run one group.
 fn normalise(job: &Job, plan: Plan) -> Plan {
     match job {
-        Job::Matrix { k, .. } => Plan {
-            split: plan.split.clamp(1, Plan::MAX_SPLIT.min(*k)),
-            ..plan
-        },
+        Job::Matrix { k, .. } => {
+            let split = plan.split.clamp(1, Plan::MAX_SPLIT.min(*k));
+            Plan {
+                split,
+                stage: plan.stage && split == 1,
+                fence: plan.fence && plan.preload,
+                ..plan
+            }
+        }
         _ => Plan::PLAIN,
     }
 }
@@ -658,11 +712,7 @@ impl CudaParity {
     pub fn kernel_info(&self, job: &Job, plan: Plan) -> Result<(i32, u32, u32), ParityError> {
         let plan = normalise(job, plan);
         let f = self.function_plan(job, plan)?;
-        let threads = if plan.split > 1 {
-            (plan.block_x(job.m()) * plan.split) as u32
-        } else {
-            256
-        };
+        let threads = (plan.block_x(job.k(), job.m()) * plan.split) as u32;
         let regs = f.num_regs().map_err(cu)?;
         let blocks = f
             .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)

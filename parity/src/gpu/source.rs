@@ -10,8 +10,9 @@
 //!   into 8 bit planes (an 8x8 bit transpose per byte lane), and multiplies by the constant
 //!   coefficients as XORs of planes: the coefficients are baked into the source, so the compiler
 //!   emits only the XORs of the set bits of each coefficient's 8x8 GF(2) matrix (no tables, no
-//!   per-byte lookups). A [`Plan`] shapes the launch: preloaded sources, and for small shards the
-//!   sources split among 2-4 warp groups whose partial products meet in shared memory.
+//!   per-byte lookups); XORs of planes shared by several equations of a source are computed
+//!   once. A [`Plan`] shapes the launch: sources staged by cp.async or preloaded, the transpose
+//!   form, programmatic dependent launch, or the sources split among warp groups.
 
 use crate::gf;
 
@@ -120,7 +121,11 @@ impl Job {
                 s += PQ;
             }
             Job::Matrix { k, m, rows } => {
-                s += &format!("#define K {k}\n#define M {m}\n");
+                s += &format!(
+                    "#define K {k}\n#define M {m}\n#define BX {}\n#define PDL {}\n",
+                    plan.block_x(*k, *m),
+                    u8::from(plan.pdl)
+                );
                 s += "__device__ const unsigned char COEF[M * K] = {";
                 s += &rows
                     .iter()
@@ -137,7 +142,7 @@ impl Job {
                     "transpose8"
                 };
                 for j in 0..*m {
-                    s += &format!("    {t}(a{j}); store32(p.dst[{j}], u, h, a{j});\n");
+                    s += &format!("    {t}(a{j}, km); store32(p.dst[{j}], u, h, a{j});\n");
                 }
                 s += MATRIX_TAIL;
             }
@@ -159,9 +164,21 @@ pub struct Plan {
     /// Matrix jobs: issue the loads of all of the group's sources before any arithmetic (more
     /// bytes in flight per warp, more registers).
     pub preload: bool,
-    /// Matrix jobs: the bit transpose written as select operations (one shift and one
-    /// 3-input logic op per half-swap) instead of the XOR-swap form.
+    /// Matrix jobs: the bit transpose as selects, one LOP3 per word and half-swap, with the
+    /// shifts done as multiplies (FMA pipe) instead of the XOR-swap form (integer pipe only).
     pub select: bool,
+    /// Matrix jobs with preload: a branch on all loaded words keeps ptxas from sinking the
+    /// loads into the arithmetic (it does so to save registers).
+    pub fence: bool,
+    /// Matrix jobs, one group: sources staged in shared memory by cp.async, one commit group
+    /// per source, each waited for just before its arithmetic.
+    pub stage: bool,
+    /// Threads per block of a one-group kernel (0 = the default).
+    pub block: usize,
+    /// Matrix jobs: programmatic dependent launch (sm_90+): a launch right after another
+    /// kernel of the stream is set up while that one drains, and waits for it in
+    /// `griddepcontrol.wait` before touching memory.
+    pub pdl: bool,
 }
 
 impl Plan {
@@ -170,14 +187,29 @@ impl Plan {
         split: 1,
         preload: false,
         select: false,
+        fence: false,
+        stage: false,
+        block: 0,
+        pdl: false,
     };
 
-    /// Threads per group (blockDim.x): the shared partials (split x m x 8 words per thread) must
-    /// fit 32 KiB, and a block has at most 256 threads.
-    pub fn block_x(&self, m: usize) -> usize {
+    /// Threads per group (blockDim.x): the shared partials (split x m x 8 words per thread) or
+    /// the staged sources must fit shared memory, and a block has at most 256 threads.
+    pub fn block_x(&self, k: usize, m: usize) -> usize {
         let g = self.split.max(1);
         if g == 1 {
-            return 256;
+            let bx = if self.block > 0 {
+                self.block
+            } else if self.stage {
+                128
+            } else {
+                256
+            };
+            if self.stage {
+                // the staged sources (k x 32 bytes per thread) must fit 48 KiB
+                return bx.min((49152 / (k * 32)) / 32 * 32).clamp(32, 256);
+            }
+            return bx.clamp(32, 256);
         }
         ((8192 / (g * m * 8)) / 32 * 32).clamp(32, (256 / g) / 32 * 32)
     }
@@ -186,25 +218,32 @@ impl Plan {
     pub const MAX_SPLIT: usize = 4;
 
     /// The plan for a launch of `job` over `len` bytes per shard on a GPU of `sms` SMs. Matrix
-    /// jobs preload their sources (one batch of loads before the arithmetic); those with 3 or
-    /// more outputs whose 32-byte units give fewer than 8 warps per SMSP (units < sms x 1024,
-    /// i.e. up to ~4 MiB per shard on an H200) are also split in two source groups, so that
-    /// twice the warps share the work. Everything else runs the plain kernel.
-    /// Measured on an H200 (`bench --gpu --gpu-explore`, 2026-11-22): preload gains 0.03-0.19
-    /// of the d2d rate for 10+2 decode and is neutral for 10+4 encode; two groups gain
-    /// 0.06 for 10+4 at 4 MiB and lose 0.08 at 64 MiB; the select-form transpose and three or
-    /// four groups measured worse.
+    /// jobs: up to ~4 MiB per shard on an H200 (units < sms x 1024, at most about one unit per
+    /// thread) the sources are staged by cp.async and each is used as soon as it lands; above
+    /// that, jobs of 3 or more outputs preload (fenced) and those of 1-2 outputs keep the
+    /// plain preload; the first two with select transposes and programmatic dependent launch.
+    /// Measured on an H200 (`bench --gpu [--gpu-explore]`, 2026-11-22), RS 10+4 encode vs d2d:
+    /// 1 MiB 0.64-0.76 (split 2, before) -> 0.87-0.95, 4 MiB 0.79 -> 1.04, 64 MiB 0.90 -> 0.98;
+    /// 10+2 decode at 1 MiB 0.80-0.86 -> 0.87-1.04. Other kernels run the plain plan.
     pub fn choose(job: &Job, len: usize, sms: u32) -> Plan {
         let units = len / 32;
         match job {
-            Job::Matrix { k, m, .. } => Plan {
-                split: if *k >= 4 && *m >= 3 && units < sms as usize * 1024 {
-                    2
-                } else {
-                    1
-                },
+            Job::Matrix { .. } if units < sms as usize * 1024 => Plan {
+                stage: true,
+                select: true,
+                pdl: true,
+                ..Plan::PLAIN
+            },
+            Job::Matrix { m, .. } if *m >= 3 => Plan {
                 preload: true,
-                select: false,
+                fence: true,
+                select: true,
+                pdl: true,
+                ..Plan::PLAIN
+            },
+            Job::Matrix { .. } => Plan {
+                preload: true,
+                ..Plan::PLAIN
             },
             _ => Plan::PLAIN,
         }
@@ -231,20 +270,47 @@ fn source_terms(
     } else {
         "transpose8"
     };
+    if plan.stage && plan.split <= 1 {
+        s += &format!("    __shared__ uint4 stg[{k}][2][BX];\n");
+        for i in range.clone() {
+            s += &format!(
+                "    cpa(&stg[{i}][0][threadIdx.x], p.src[{i}], u); cpa(&stg[{i}][1][threadIdx.x], p.src[{i}], u + h); commit();\n"
+            );
+        }
+        let last = range.end - 1;
+        for i in range {
+            s += &format!(
+                "    {{ wait<{}>(); u32 w[8]; unstage(stg[{i}][0][threadIdx.x], stg[{i}][1][threadIdx.x], w); {t}(w, km);\n",
+                last - i
+            );
+            s += &source_products(&column(rows, k, m, i), "w");
+            s += "    }\n";
+        }
+        return s;
+    }
     if plan.preload {
         for i in range.clone() {
             s += &format!("    u32 w{i}[8]; load32(p.src[{i}], u, h, w{i});\n");
         }
+        if plan.fence {
+            // never taken (len < 2^63), so the barriers of the split kernel after it are safe
+            let all: Vec<String> = range
+                .clone()
+                .map(|i| format!("w{i}[0] ^ w{i}[4]"))
+                .collect();
+            s += &format!(
+                "    {{ const u32 d = (u32)(p.len >> 63) & ({}); if (d) {{ ((u32*)p.dst[0])[0] = d; return; }} }}\n",
+                all.join(" ^ ")
+            );
+        }
     }
     for i in range {
         if plan.preload {
-            s += &format!("    {{ u32* w = w{i}; {t}(w);\n");
+            s += &format!("    {{ u32* w = w{i}; {t}(w, km);\n");
         } else {
-            s += &format!("    {{ u32 w[8]; load32(p.src[{i}], u, h, w); {t}(w);\n");
+            s += &format!("    {{ u32 w[8]; load32(p.src[{i}], u, h, w); {t}(w, km);\n");
         }
-        for j in 0..m {
-            s += &plane_xors(rows[j * k + i], &format!("a{j}"), "w");
-        }
+        s += &source_products(&column(rows, k, m, i), "w");
         s += "    }\n";
     }
     s
@@ -259,9 +325,12 @@ fn matrix_split_source(k: usize, m: usize, rows: &[u8], plan: Plan) -> String {
     } else {
         "transpose8"
     };
-    let bx = plan.block_x(m);
+    let bx = plan.block_x(k, m);
     let mut s = String::from(PRELUDE);
-    s += &format!("#define K {k}\n#define M {m}\n#define G {g}\n#define BX {bx}\n");
+    s += &format!(
+        "#define K {k}\n#define M {m}\n#define G {g}\n#define BX {bx}\n#define PDL {}\n",
+        u8::from(plan.pdl)
+    );
     s += "__device__ const unsigned char COEF[M * K] = {";
     s += &rows
         .iter()
@@ -292,7 +361,7 @@ fn matrix_split_source(k: usize, m: usize, rows: &[u8], plan: Plan) -> String {
     s += "    __syncthreads();\n";
     for j in 0..m {
         s += &format!(
-            "    if (gy == {o}) {{\n      for (int q = 0; q < G; q++) if (q != {o}) {{\n#pragma unroll\n        for (int r = 0; r < 8; r++) a{j}[r] ^= part[q][{j}][r][tx];\n      }}\n      if (ok) {{ {t}(a{j}); store32(p.dst[{j}], u, h, a{j}); }}\n    }}\n",
+            "    if (gy == {o}) {{\n      for (int q = 0; q < G; q++) if (q != {o}) {{\n#pragma unroll\n        for (int r = 0; r < 8; r++) a{j}[r] ^= part[q][{j}][r][tx];\n      }}\n      if (ok) {{ {t}(a{j}, km); store32(p.dst[{j}], u, h, a{j}); }}\n    }}\n",
             o = j % g
         );
     }
@@ -316,15 +385,78 @@ pub fn plane_terms(c: u8) -> [Vec<usize>; 8] {
     t
 }
 
-/// `acc[r] ^= in[i] ^ ...` lines of one coefficient.
-fn plane_xors(c: u8, acc: &str, input: &str) -> String {
-    let mut s = String::new();
-    for (r, terms) in plane_terms(c).iter().enumerate() {
-        if terms.is_empty() {
-            continue;
+/// The m coefficients of source i (column i of the m x k matrix).
+fn column(rows: &[u8], k: usize, m: usize, i: usize) -> Vec<u8> {
+    (0..m).map(|j| rows[j * k + i]).collect()
+}
+
+/// Shared terms and equations of one source (see [`source_equations`]).
+type Equations = (Vec<Vec<usize>>, Vec<(usize, usize, Vec<usize>)>);
+
+/// One source's plane equations for all outputs (`(j, r, symbols)`: `a{j}[r] ^=` the XOR of
+/// the symbols) and the shared terms they use: symbols 0..8 are the input planes, 8 + n is
+/// shared term n (the XOR of its two or three symbols). Greedy: the pair or triple that
+/// occurs in the most equations becomes a shared term while that saves XORs (each equation
+/// costs about half a LOP3 per symbol, a shared term one LOP3).
+fn source_equations(coefs: &[u8]) -> Equations {
+    let mut eqs: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    for (j, &c) in coefs.iter().enumerate() {
+        for (r, t) in plane_terms(c).into_iter().enumerate() {
+            if !t.is_empty() {
+                eqs.push((j, r, t));
+            }
         }
-        let rhs: Vec<String> = terms.iter().map(|i| format!("{input}[{i}]")).collect();
-        s += &format!("      {acc}[{r}] ^= {};\n", rhs.join(" ^ "));
+    }
+    let mut shared: Vec<Vec<usize>> = Vec::new();
+    loop {
+        let mut uses: std::collections::BTreeMap<Vec<usize>, usize> = Default::default();
+        for (_, _, t) in &eqs {
+            for a in 0..t.len() {
+                for b in a + 1..t.len() {
+                    *uses.entry(vec![t[a], t[b]]).or_default() += 1;
+                    for c in b + 1..t.len() {
+                        *uses.entry(vec![t[a], t[b], t[c]]).or_default() += 1;
+                    }
+                }
+            }
+        }
+        // saving in half-LOP3 units: (size - 1) per use, minus 2 for the shared term itself
+        let best = uses
+            .into_iter()
+            .map(|(c, n)| ((c.len() - 1) * n, c))
+            .filter(|(g, _)| *g > 2)
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let Some((_, c)) = best else { break };
+        let id = 8 + shared.len();
+        for (_, _, t) in eqs.iter_mut() {
+            if c.iter().all(|x| t.contains(x)) {
+                t.retain(|x| !c.contains(x));
+                t.push(id);
+            }
+        }
+        shared.push(c);
+    }
+    (shared, eqs)
+}
+
+/// `a{j}[r] ^= ...` lines of one source's products (with its shared terms) on planes `input`.
+fn source_products(coefs: &[u8], input: &str) -> String {
+    let (shared, eqs) = source_equations(coefs);
+    let sym = |x: usize| {
+        if x < 8 {
+            format!("{input}[{x}]")
+        } else {
+            format!("x{}", x - 8)
+        }
+    };
+    let mut s = String::new();
+    for (n, c) in shared.iter().enumerate() {
+        let rhs: Vec<String> = c.iter().map(|&x| sym(x)).collect();
+        s += &format!("      const u32 x{n} = {};\n", rhs.join(" ^ "));
+    }
+    for (j, r, t) in &eqs {
+        let rhs: Vec<String> = t.iter().map(|&x| sym(x)).collect();
+        s += &format!("      a{j}[{r}] ^= {};\n", rhs.join(" ^ "));
     }
     s
 }
@@ -412,19 +544,72 @@ __device__ __forceinline__ void transpose8(u32 w[8]) {
 #pragma unroll
   for (int i = 0; i < 8; i += 2) { u32 t = ((w[i] >> 1) ^ w[i + 1]) & 0x55555555u; w[i + 1] ^= t; w[i] ^= t << 1; }
 }
-// The same transpose as select operations: each half-swap keeps one half of its word and takes
-// the other half, shifted, from its partner (one shift and one 3-input logic op).
-__device__ __forceinline__ void transpose8s(u32 w[8]) {
+// Shift multipliers kept opaque (z is 0 for any real length) so that ptxas emits IMAD / IMAD.HI
+// (FMA pipe) for the shifts of transpose8s instead of SHF on the busier integer pipe.
+struct Mul { u32 l4, l2, l1, r4, r2, r1; };
+__device__ __forceinline__ Mul muls(u64 len) {
+  const u32 z = (u32)(len >> 63);
+  Mul m; m.l4 = 16u + z; m.l2 = 4u + z; m.l1 = 2u + z; m.r4 = (1u << 28) + z; m.r2 = (1u << 30) + z; m.r1 = (1u << 31) + z;
+  return m;
+}
+// (p & MK) | (q & ~MK) as one LOP3 (ptxas splits the C form in two).
+template <u32 MK> __device__ __forceinline__ u32 sel(u32 p, u32 q) {
+  u32 d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(d) : "r"(p), "r"(q), "n"(MK));
+  return d;
+}
+template <u32 MK> __device__ __forceinline__ void swap2(u32& a, u32& b, u32 l, u32 r) {
+  const u32 x = a, y = b;
+  a = sel<MK>(x, y * l);
+  b = sel<MK>(__umulhi(x, r), y);
+}
+// The same transpose as selects: per half-swap two multiplies (the shifts) and two LOP3.
+__device__ __forceinline__ void transpose8s(u32 w[8], const Mul& k) {
 #pragma unroll
-  for (int i = 0; i < 4; i++) { u32 a = w[i], b = w[i + 4]; w[i] = (a & 0x0f0f0f0fu) | ((b << 4) & 0xf0f0f0f0u); w[i + 4] = ((a >> 4) & 0x0f0f0f0fu) | (b & 0xf0f0f0f0u); }
+  for (int i = 0; i < 4; i++) swap2<0x0f0f0f0fu>(w[i], w[i + 4], k.l4, k.r4);
 #pragma unroll
-  for (int i = 0; i < 8; i++) if (!(i & 2)) { u32 a = w[i], b = w[i + 2]; w[i] = (a & 0x33333333u) | ((b << 2) & 0xccccccccu); w[i + 2] = ((a >> 2) & 0x33333333u) | (b & 0xccccccccu); }
+  for (int i = 0; i < 8; i++) if (!(i & 2)) swap2<0x33333333u>(w[i], w[i + 2], k.l2, k.r2);
 #pragma unroll
-  for (int i = 0; i < 8; i += 2) { u32 a = w[i], b = w[i + 1]; w[i] = (a & 0x55555555u) | ((b << 1) & 0xaaaaaaaau); w[i + 1] = ((a >> 1) & 0x55555555u) | (b & 0xaaaaaaaau); }
+  for (int i = 0; i < 8; i += 2) swap2<0x55555555u>(w[i], w[i + 1], k.l1, k.r1);
+}
+__device__ __forceinline__ void transpose8(u32 w[8], const Mul&) { transpose8(w); }
+// Programmatic dependent launch (no-ops without the launch attribute or before sm_90): wait for
+// the previous kernel of the stream before any memory access; release the next one only at
+// the end (released at the start, launches ahead of their turn crowd the SMs: measured slower).
+__device__ __forceinline__ void pdl_start() {
+#if PDL && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_end() {
+#if PDL && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 // A unit of 32 bytes per source: uint4 number u and u + h (both halves coalesced across a warp).
 __device__ __forceinline__ void load32(u64 base, u64 u, u64 h, u32 w[8]) {
   uint4 a = ld(base, u), b = ld(base, u + h);
+  w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+}
+// cp.async staging (sm_80+): 16 bytes of uint4 number i of base into shared memory.
+__device__ __forceinline__ void cpa(uint4* d, u64 base, u64 i) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"((u32)__cvta_generic_to_shared(d)), "l"(((const uint4*)base) + i));
+#else
+  *d = ld(base, i);
+#endif
+}
+__device__ __forceinline__ void commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void wait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void unstage(uint4 a, uint4 b, u32 w[8]) {
   w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
 }
 __device__ __forceinline__ void store32(u64 base, u64 u, u64 h, const u32 w[8]) {
@@ -435,6 +620,8 @@ __device__ __forceinline__ void store32(u64 base, u64 u, u64 h, const u32 w[8]) 
 
 const MATRIX_HEAD: &str = r#"
 extern "C" __global__ void __launch_bounds__(256) tessera_matrix(const Params p) {
+  pdl_start();
+  const Mul km = muls(p.len);
   const u64 h = p.len / 32, stride = (u64)gridDim.x * blockDim.x;
   const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
   for (u64 u = t; u < h; u += stride) {
@@ -472,6 +659,7 @@ const MATRIX_TAIL: &str = r#"
       ((u8*)p.dst[j])[b] = acc;
     }
   }
+  pdl_end();
 }
 "#;
 
@@ -481,6 +669,8 @@ const MATRIX_TAIL: &str = r#"
 const SPLIT_HEAD: &str = r#"
 extern "C" __global__ void __launch_bounds__(BX * G) tessera_matrix(const Params p) {
   __shared__ u32 part[G][M][8][BX];
+  pdl_start();
+  const Mul km = muls(p.len);
   const u64 h = p.len / 32;
   const int tx = threadIdx.x, gy = threadIdx.y;
   for (u64 base = (u64)blockIdx.x * BX; base < h; base += (u64)gridDim.x * BX) {
@@ -498,6 +688,7 @@ const SPLIT_TAIL: &str = r#"
       }
     }
   }
+  pdl_end();
 }
 "#;
 
@@ -517,6 +708,39 @@ mod tests {
                     y |= bit << r;
                 }
                 assert_eq!(y, gf::mul(c, x), "c={c} x={x}");
+            }
+        }
+    }
+
+    /// The shared-term equations of a source expand to the plane equations of its coefficients.
+    #[test]
+    fn shared_terms_expand_to_plane_equations() {
+        let mut x = 7u32;
+        for m in 1..=8usize {
+            for _ in 0..40 {
+                let coefs: Vec<u8> = (0..m)
+                    .map(|_| {
+                        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (x >> 24) as u8
+                    })
+                    .collect();
+                let (shared, eqs) = source_equations(&coefs);
+                // every symbol as a bit set of planes
+                let mut val: Vec<u8> = (0..8).map(|b| 1u8 << b).collect();
+                for c in &shared {
+                    assert!((2..=3).contains(&c.len()));
+                    val.push(c.iter().fold(0, |a, &s| a ^ val[s]));
+                }
+                let mut got = vec![[0u8; 8]; m];
+                for (j, r, t) in &eqs {
+                    got[*j][*r] ^= t.iter().fold(0, |a, &s| a ^ val[s]);
+                }
+                for (j, &c) in coefs.iter().enumerate() {
+                    for (r, terms) in plane_terms(c).iter().enumerate() {
+                        let want = terms.iter().fold(0u8, |a, &b| a ^ (1 << b));
+                        assert_eq!(got[j][r], want, "c={c} r={r}");
+                    }
+                }
             }
         }
     }
@@ -603,7 +827,7 @@ mod tests {
                         }
                     }
                     assert!(seen.iter().all(|&c| c == 1), "k={k} split={split}");
-                    let bx = plan.block_x(m);
+                    let bx = plan.block_x(k, m);
                     assert!(
                         bx.is_multiple_of(32) && bx * split <= 256,
                         "m={m} split={split} bx={bx}"
@@ -623,8 +847,9 @@ mod tests {
             split: 3,
             preload: true,
             select: true,
+            ..Plan::PLAIN
         });
-        assert!(src.contains("transpose8s(w)") && !src.contains("transpose8(w)"));
+        assert!(src.contains("transpose8s(w, km)") && !src.contains("transpose8(w, km)"));
         for i in 0..10 {
             assert_eq!(
                 src.matches(&format!("load32(p.src[{i}],")).count(),
@@ -636,10 +861,28 @@ mod tests {
         for j in 0..4 {
             assert_eq!(src.matches(&format!("store32(p.dst[{j}],")).count(), 1);
         }
-        // small matrix jobs split, large ones and other kernels do not
-        assert!(Plan::choose(&job, 1 << 20, 132).split > 1);
-        assert_eq!(Plan::choose(&job, 64 << 20, 132).split, 1);
-        assert!(Plan::choose(&job, 64 << 20, 132).preload);
+        // staged sources: one cp.async pair and one wait per source, waited in order
+        let st = job.source_with(Plan {
+            stage: true,
+            select: true,
+            pdl: true,
+            ..Plan::PLAIN
+        });
+        for i in 0..10 {
+            assert_eq!(st.matches(&format!("cpa(&stg[{i}][0]")).count(), 1);
+            assert_eq!(st.matches(&format!("wait<{}>()", 9 - i)).count(), 1);
+        }
+        assert!(st.contains("#define PDL 1") && st.contains("#define BX 128"));
+        let fenced = job.source_with(Plan {
+            preload: true,
+            fence: true,
+            ..Plan::PLAIN
+        });
+        assert!(fenced.contains("(u32)(p.len >> 63) & (w0[0] ^ w0[4]"));
+        // small matrix jobs stage their sources, large ones preload, other kernels run plain
+        assert!(Plan::choose(&job, 1 << 20, 132).stage);
+        let big = Plan::choose(&job, 64 << 20, 132);
+        assert!(big.preload && big.fence && !big.stage && big.split == 1);
         assert_eq!(Plan::choose(&Job::Pq { k: 16 }, 1 << 20, 132).split, 1);
     }
 
