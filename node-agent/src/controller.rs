@@ -361,15 +361,19 @@ fn condition(
     }
 }
 
+/// Whether the operator resolved policy `p` to node `node`.
+fn selects(p: &GpuRaidPolicy, node: &str) -> bool {
+    p.status
+        .as_ref()
+        .is_some_and(|s| s.nodes.iter().any(|n| n.node_name == node))
+}
+
 /// Mark this node's entry of every GpuRaidPolicy that selects it as applied.
 pub async fn report_policies(client: &Client, cfg: &Config) -> Result<()> {
     let api: Api<GpuRaidPolicy> = Api::all(client.clone());
     let manager = format!("{MANAGER}-{}", cfg.node_name);
     for p in api.list(&ListParams::default()).await.map_err(kube_err)? {
-        let selected = p
-            .status
-            .as_ref()
-            .is_some_and(|s| s.nodes.iter().any(|n| n.node_name == cfg.node_name));
+        let selected = selects(&p, &cfg.node_name);
         let mine_applied = p.status.as_ref().is_some_and(|s| {
             s.nodes
                 .iter()
@@ -450,10 +454,7 @@ pub async fn run_verify_jobs(
     let api: Api<GpuRaidPolicy> = Api::all(client.clone());
     let manager = format!("{MANAGER}-{}", cfg.node_name);
     for p in api.list(&ListParams::default()).await.map_err(kube_err)? {
-        let selected = p
-            .status
-            .as_ref()
-            .is_some_and(|s| s.nodes.iter().any(|n| n.node_name == cfg.node_name));
+        let selected = selects(&p, &cfg.node_name);
         let Some(schedule) = p.spec.verify_schedule.clone().filter(|_| selected) else {
             continue;
         };

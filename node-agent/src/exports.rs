@@ -141,6 +141,28 @@ fn skip(plan: &mut Plan, reason: &str, message: String) {
 }
 
 /// Plan the exports of `spec` (after the pool, datasets and volumes).
+/// The paths of `targetcli ls /`, or `None` when targetcli is not installed.
+fn targetcli_tree(r: &dyn Runner) -> Result<Option<BTreeSet<String>>> {
+    match r.run("targetcli", &["ls", "/"]) {
+        Err(Error::ToolMissing(_)) => Ok(None),
+        Err(e) => Err(e),
+        Ok(out) if !out.success => Err(Error::Command {
+            cmd: "targetcli ls /".into(),
+            status: out.status,
+            stderr: out.stderr,
+        }),
+        Ok(out) => Ok(Some(parse_targetcli_ls(&out.stdout))),
+    }
+}
+
+/// Where dataset `ds` of pool `pool` is mounted (its `mountpoint` property, else ZFS's default).
+fn dataset_path(pool: &str, ds: &tessera_crds::storage_pool::ZfsDataset) -> String {
+    ds.properties
+        .get("mountpoint")
+        .cloned()
+        .unwrap_or_else(|| format!("/{pool}/{}", ds.name))
+}
+
 /// Steps that undo the exports of `spec` that exist now (before the pool is destroyed): NFS
 /// `exportfs -u` for every client of an exported dataset's path, iSCSI target and backstore
 /// deletion, then `targetcli saveconfig`. A missing tool means nothing of that kind to undo.
@@ -161,11 +183,7 @@ pub fn teardown(
                     let Some(ds) = spec.datasets.iter().find(|d| d.name == e.dataset) else {
                         continue;
                     };
-                    let path = ds
-                        .properties
-                        .get("mountpoint")
-                        .cloned()
-                        .unwrap_or_else(|| format!("/{pool}/{}", ds.name));
+                    let path = dataset_path(pool, ds);
                     for (p, h, _) in current.iter().filter(|(p, _, _)| *p == path) {
                         plan.steps.push(Step::new(
                             format!("stop exporting {pool}/{} to {h}", ds.name),
@@ -177,43 +195,32 @@ pub fn teardown(
         }
     }
     if !ex.iscsi.is_empty() {
-        match r.run("targetcli", &["ls", "/"]) {
-            Err(Error::ToolMissing(_)) => {}
-            Err(e) => return Err(e),
-            Ok(out) if !out.success => {
-                return Err(Error::Command {
-                    cmd: "targetcli ls /".into(),
-                    status: out.status,
-                    stderr: out.stderr,
-                });
-            }
-            Ok(out) => {
-                let have = parse_targetcli_ls(&out.stdout);
-                let mut changed = false;
-                for e in &ex.iscsi {
-                    let iqn = e.target_iqn.as_str();
-                    if have.contains(&format!("/iscsi/{iqn}")) {
-                        plan.steps.push(Step::new(
-                            format!("delete iSCSI target {iqn}"),
-                            &["targetcli", "/iscsi", "delete", iqn],
-                        ));
-                        changed = true;
-                    }
-                    let bs = backstore_name(pool, &e.volume);
-                    if have.contains(&format!("/backstores/block/{bs}")) {
-                        plan.steps.push(Step::new(
-                            format!("delete iSCSI backstore {bs}"),
-                            &["targetcli", "/backstores/block", "delete", &bs],
-                        ));
-                        changed = true;
-                    }
-                }
-                if changed {
+        // A missing targetcli: nothing of LIO to undo.
+        if let Some(have) = targetcli_tree(r)? {
+            let mut changed = false;
+            for e in &ex.iscsi {
+                let iqn = e.target_iqn.as_str();
+                if have.contains(&format!("/iscsi/{iqn}")) {
                     plan.steps.push(Step::new(
-                        "save the LIO configuration",
-                        &["targetcli", "saveconfig"],
+                        format!("delete iSCSI target {iqn}"),
+                        &["targetcli", "/iscsi", "delete", iqn],
                     ));
+                    changed = true;
                 }
+                let bs = backstore_name(pool, &e.volume);
+                if have.contains(&format!("/backstores/block/{bs}")) {
+                    plan.steps.push(Step::new(
+                        format!("delete iSCSI backstore {bs}"),
+                        &["targetcli", "/backstores/block", "delete", &bs],
+                    ));
+                    changed = true;
+                }
+            }
+            if changed {
+                plan.steps.push(Step::new(
+                    "save the LIO configuration",
+                    &["targetcli", "saveconfig"],
+                ));
             }
         }
     }
@@ -247,11 +254,7 @@ pub fn plan(
                         );
                         continue;
                     };
-                    let path = ds
-                        .properties
-                        .get("mountpoint")
-                        .cloned()
-                        .unwrap_or_else(|| format!("/{pool}/{}", ds.name));
+                    let path = dataset_path(pool, ds);
                     for c in &e.clients {
                         let opts: Vec<String> = if c.options.is_empty() {
                             ["ro", "sync", "no_subtree_check", "root_squash"]
@@ -278,22 +281,15 @@ pub fn plan(
         }
     }
     if !ex.iscsi.is_empty() {
-        match r.run("targetcli", &["ls", "/"]) {
-            Err(Error::ToolMissing(t)) => skip(
+        match targetcli_tree(r)? {
+            None => skip(
                 plan,
                 "ToolMissing",
-                format!("`{t}` is not installed: the iSCSI exports of {pool} were not applied"),
+                format!(
+                    "`targetcli` is not installed: the iSCSI exports of {pool} were not applied"
+                ),
             ),
-            Err(e) => return Err(e),
-            Ok(out) if !out.success => {
-                return Err(Error::Command {
-                    cmd: "targetcli ls /".into(),
-                    status: out.status,
-                    stderr: out.stderr,
-                });
-            }
-            Ok(out) => {
-                let have = parse_targetcli_ls(&out.stdout);
+            Some(have) => {
                 let mut changed = false;
                 for e in &ex.iscsi {
                     if !spec.volumes.iter().any(|v| v.name == e.volume) {

@@ -100,6 +100,19 @@ enum Cmd {
     },
 }
 
+/// A StoragePool manifest from a YAML file.
+fn load_pool(path: &std::path::Path) -> Result<tessera_crds::StoragePool, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Write `v` as pretty JSON to `path` when one was given (`--status-out`).
+fn write_json(path: Option<&std::path::Path>, v: &impl serde::Serialize) -> Result<(), String> {
+    let Some(p) = path else { return Ok(()) };
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| e.to_string())?;
+    std::fs::write(p, bytes).map_err(|e| format!("{}: {e}", p.display()))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -198,10 +211,7 @@ fn main() -> ExitCode {
             dry_run,
             status_out,
         } => (|| {
-            let text =
-                std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
-            let sp: tessera_crds::StoragePool =
-                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let sp = load_pool(&pool)?;
             let report =
                 tessera_node_agent::apply::destroy(&r, &sp, dry_run).map_err(|e| e.to_string())?;
             for s in &report.plan.steps {
@@ -213,13 +223,7 @@ fn main() -> ExitCode {
             if let Some(c) = report.condition("Destroyed") {
                 println!("Destroyed={} ({}): {}", c.status, c.reason, c.message);
             }
-            if let Some(p) = status_out {
-                std::fs::write(
-                    &p,
-                    serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            }
+            write_json(status_out.as_deref(), &report)?;
             Ok(if report.plan.refusals.is_empty() {
                 0
             } else {
@@ -231,10 +235,7 @@ fn main() -> ExitCode {
             dry_run,
             status_out,
         } => (|| {
-            let text =
-                std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
-            let sp: tessera_crds::StoragePool =
-                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let sp = load_pool(&pool)?;
             let spec = sp
                 .spec
                 .md
@@ -257,13 +258,7 @@ fn main() -> ExitCode {
                 o.gb_per_second,
                 o.seconds
             );
-            if let Some(p) = status_out {
-                std::fs::write(
-                    &p,
-                    serde_json::to_vec_pretty(&o).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            }
+            write_json(status_out.as_deref(), &o)?;
             Ok(if o.mismatches == 0 { 0 } else { 1 })
         })(),
         Cmd::Apply {
@@ -273,10 +268,7 @@ fn main() -> ExitCode {
             scrub_now,
             chap_dir,
         } => (|| {
-            let text =
-                std::fs::read_to_string(&pool).map_err(|e| format!("{}: {e}", pool.display()))?;
-            let sp: tessera_crds::StoragePool =
-                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", pool.display()))?;
+            let sp = load_pool(&pool)?;
             let chap = match &chap_dir {
                 Some(d) => {
                     tessera_node_agent::exports::chap_from_dir(d).map_err(|e| e.to_string())?
@@ -310,13 +302,7 @@ fn main() -> ExitCode {
             if let Some(h) = &report.health {
                 println!("health: {h}");
             }
-            if let Some(p) = status_out {
-                std::fs::write(
-                    &p,
-                    serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            }
+            write_json(status_out.as_deref(), &report)?;
             Ok(if report.plan.refusals.is_empty() {
                 0
             } else {

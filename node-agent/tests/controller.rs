@@ -16,6 +16,18 @@ use tessera_node_agent::controller::{Config, pass};
 use tessera_node_agent::runner::SystemRunner;
 use tessera_node_agent::smart::Thresholds;
 
+/// The agent's configuration for `node` (no HTTP server).
+fn config(node: &str, dry_run: bool) -> Config {
+    Config {
+        node_name: node.into(),
+        dry_run,
+        interval: Duration::from_secs(30),
+        thresholds: Thresholds::default(),
+        chap: Vec::new(),
+        listen: None,
+    }
+}
+
 #[tokio::test]
 async fn agent_publishes_inventory_and_reports_pools_and_policies() {
     let c = cluster().await.unwrap();
@@ -24,14 +36,7 @@ async fn agent_publishes_inventory_and_reports_pools_and_policies() {
         .await
         .unwrap();
     let node = "storage-01";
-    let cfg = Config {
-        node_name: node.into(),
-        dry_run: true,
-        interval: Duration::from_secs(30),
-        thresholds: Thresholds::default(),
-        chap: Vec::new(),
-        listen: None,
-    };
+    let cfg = config(node, true);
 
     // Pools as the operator leaves them: status.nodeName resolved to this node.
     let sps: Api<StoragePool> = Api::all(client.clone());
@@ -213,14 +218,7 @@ async fn a_deleted_destroy_pool_is_destroyed_and_confirmed() {
     )
     .ok("mdadm --stop", "")
     .ok("mdadm --zero-superblock", "");
-    let cfg = Config {
-        node_name: node.into(),
-        dry_run: false,
-        interval: Duration::from_secs(30),
-        thresholds: Thresholds::default(),
-        chap: Vec::new(),
-        listen: None,
-    };
+    let cfg = config(node, false);
     let mut state = AgentState::new(node);
     reconcile_pool(&client, &r, &cfg, &mut state, &pool)
         .await
@@ -359,14 +357,7 @@ async fn a_due_verify_schedule_reports_into_the_policy_status() {
     .await
     .unwrap();
 
-    let cfg = Config {
-        node_name: node.into(),
-        dry_run: false,
-        interval: Duration::from_secs(30),
-        thresholds: Thresholds::default(),
-        chap: Vec::new(),
-        listen: None,
-    };
+    let cfg = config(node, false);
     let r = ScriptedRunner::default();
     r.fail(
         "mdadm --detail --export /dev/md/vdata",

@@ -14,16 +14,8 @@ set -u
 . /etc/tessera/dom0.env
 W=/var/lib/tessera/agent-test
 FAILED=0
-up() { cut -d' ' -f1 /proc/uptime; }
-since() { echo "$(up) $1" | awk '{printf "%.2f", $1 - $2}'; }
-ok() { echo "TEST ok: $*"; }
-bad() { echo "TEST FAIL: $*"; FAILED=1; }
-# check DESCRIPTION cmd...: ok when the command succeeds.
-check() {
-  d=$1
-  shift
-  if "$@"; then ok "$d"; else bad "$d"; fi
-}
+# shellcheck source=hack/xen/tests/lib.sh
+. "$(dirname "$0")/lib.sh"
 ALLOC='{"claim":"claim-a","namespace":"default","node":"xen-lab","gpuUuid":"GPU-00000000-0000-0000-0000-000000000001","memoryBytes":2147483648,"computeShare":50,"idmChannel":"xen-ring:0"}'
 
 # wait_key PATH VALUE SECONDS: until xenstore PATH == VALUE (or state=error); prints the time.

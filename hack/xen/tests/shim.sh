@@ -21,16 +21,9 @@ S=/var/lib/tessera-shim
 SOCK=/run/tessera/shim.sock
 IMAGE=tessera.local/busybox:1.36
 FAILED=0
+# shellcheck source=hack/xen/tests/lib.sh
+. "$(dirname "$0")/lib.sh"
 SHIM_PIDS=
-up() { cut -d' ' -f1 /proc/uptime; }
-since() { echo "$(up) $1" | awk '{printf "%.2f", $1 - $2}'; }
-ok() { echo "TEST ok: $*"; }
-bad() { echo "TEST FAIL: $*"; FAILED=1; }
-check() {
-  d=$1
-  shift
-  if "$@"; then ok "$d"; else bad "$d"; fi
-}
 # Keys in sorted order: the shim writes the annotation's JSON re-serialized (validated), sorted.
 ALLOC='{"claim":"claim-b","computeShare":25,"gpuUuid":"GPU-00000000-0000-0000-0000-000000000002","idmChannel":"xen-ring:1","memoryBytes":1073741824,"namespace":"default","node":"xen-lab"}'
 ALLOC_JSON=$(echo "$ALLOC" | sed 's/"/\\"/g')

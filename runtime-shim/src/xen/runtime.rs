@@ -81,6 +81,41 @@ struct XenContainer {
     exec_seq: u64,
 }
 
+impl XenContainer {
+    /// A container whose domain exists and whose process has not started.
+    fn created(
+        id: &str,
+        sandbox_id: String,
+        config: cri::ContainerConfig,
+        image: StoredImage,
+        (domain, domid): (String, u32),
+        dir: PathBuf,
+        log_path: Option<PathBuf>,
+    ) -> XenContainer {
+        XenContainer {
+            id: id.to_string(),
+            sandbox_id,
+            config,
+            image,
+            domain,
+            domid,
+            dir,
+            log_path,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            state: CState::Created,
+            reason: String::new(),
+            message: String::new(),
+            log_seq: 0,
+            pending_out: Vec::new(),
+            pending_err: Vec::new(),
+            exec_seq: 0,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     sandboxes: HashMap<String, XenSandbox>,
@@ -254,30 +289,18 @@ impl XenRuntime {
                             container: Some(id.clone()),
                         },
                     );
-                    st.containers.insert(
-                        id.clone(),
-                        XenContainer {
-                            id: id.clone(),
-                            sandbox_id: saved.sandbox_id,
-                            config: saved.config,
-                            image: saved.image,
-                            domain: domain.clone(),
-                            domid: info.domid,
-                            dir: dir.clone(),
-                            log_path: saved.log_path,
-                            created_at: saved.created_at,
-                            started_at: 0,
-                            finished_at: 0,
-                            exit_code: 0,
-                            state: CState::Created,
-                            reason: String::new(),
-                            message: String::new(),
-                            log_seq: 0,
-                            pending_out: Vec::new(),
-                            pending_err: Vec::new(),
-                            exec_seq,
-                        },
+                    let mut c = XenContainer::created(
+                        &id,
+                        saved.sandbox_id,
+                        saved.config,
+                        saved.image,
+                        (domain.clone(), info.domid),
+                        dir.clone(),
+                        saved.log_path,
                     );
+                    c.created_at = saved.created_at;
+                    c.exec_seq = exec_seq;
+                    st.containers.insert(id.clone(), c);
                     drop(st);
                     // The guest's keys say whether it runs or exited meanwhile.
                     let _ = self.refresh(&id);
@@ -650,27 +673,15 @@ impl XenRuntime {
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
-        let c = XenContainer {
-            id: id.clone(),
-            sandbox_id: sid.clone(),
+        let c = XenContainer::created(
+            &id,
+            sid.clone(),
             config,
             image,
-            domain: domain.clone(),
-            domid,
+            (domain.clone(), domid),
             dir,
             log_path,
-            created_at: now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            state: CState::Created,
-            reason: String::new(),
-            message: String::new(),
-            log_seq: 0,
-            pending_out: Vec::new(),
-            pending_err: Vec::new(),
-            exec_seq: 0,
-        };
+        );
         let mut st = self.lock()?;
         st.containers.insert(id.clone(), c);
         if let Some(s) = st.sandboxes.get_mut(&sid) {
