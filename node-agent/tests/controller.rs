@@ -16,6 +16,44 @@ use tessera_node_agent::controller::{Config, pass};
 use tessera_node_agent::runner::SystemRunner;
 use tessera_node_agent::smart::Thresholds;
 
+/// A client of the shared local control plane, with the CRDs installed.
+async fn client_with_crds() -> kube::Client {
+    let c = cluster().await.unwrap();
+    let client = c.client().await.unwrap();
+    install_crds(&client, &repo_root().join("charts/tessera/crds"))
+        .await
+        .unwrap();
+    client
+}
+
+/// An MD StoragePool `name` as the operator leaves it: `metadata` and `spec` as given, and
+/// `status.nodeName` resolved to `node`.
+async fn md_pool_on(
+    sps: &Api<StoragePool>,
+    name: &str,
+    node: &str,
+    metadata: serde_json::Value,
+    spec: serde_json::Value,
+) {
+    let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool",
+        "metadata": metadata, "spec": spec});
+    sps.patch(
+        name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+    let st = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": {"nodeName": node}});
+    sps.patch_status(
+        name,
+        &PatchParams::apply("tessera-operator").force(),
+        &Patch::Apply(&st),
+    )
+    .await
+    .unwrap();
+}
+
 /// The agent's configuration for `node` (no HTTP server).
 fn config(node: &str, dry_run: bool) -> Config {
     Config {
@@ -30,11 +68,7 @@ fn config(node: &str, dry_run: bool) -> Config {
 
 #[tokio::test]
 async fn agent_publishes_inventory_and_reports_pools_and_policies() {
-    let c = cluster().await.unwrap();
-    let client = c.client().await.unwrap();
-    install_crds(&client, &repo_root().join("charts/tessera/crds"))
-        .await
-        .unwrap();
+    let client = client_with_crds().await;
     let node = "storage-01";
     let cfg = config(node, true);
 
@@ -177,33 +211,19 @@ async fn a_deleted_destroy_pool_is_destroyed_and_confirmed() {
     use tessera_node_agent::controller::{AgentState, reconcile_pool};
     use tessera_node_agent::runner::ScriptedRunner;
 
-    let c = cluster().await.unwrap();
-    let client = c.client().await.unwrap();
-    install_crds(&client, &repo_root().join("charts/tessera/crds"))
-        .await
-        .unwrap();
+    let client = client_with_crds().await;
     let node = "storage-destroy";
     let sps: Api<StoragePool> = Api::all(client.clone());
-    let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool",
-        "metadata": {"name": "destroy-md", "finalizers": ["tessera.dev/storagepool-protection"]},
-        "spec": {"nodeName": node, "backend": "md", "deletionPolicy": "Destroy",
+    md_pool_on(
+        &sps,
+        "destroy-md",
+        node,
+        json!({"name": "destroy-md", "finalizers": ["tessera.dev/storagepool-protection"]}),
+        json!({"nodeName": node, "backend": "md", "deletionPolicy": "Destroy",
                  "md": {"name": "data", "level": 6,
-                        "devices": ["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd", "/dev/vde", "/dev/vdf"]}}});
-    sps.patch(
-        "destroy-md",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&obj),
+                        "devices": ["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd", "/dev/vde", "/dev/vdf"]}}),
     )
-    .await
-    .unwrap();
-    let st = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": {"nodeName": node}});
-    sps.patch_status(
-        "destroy-md",
-        &PatchParams::apply("tessera-operator").force(),
-        &Patch::Apply(&st),
-    )
-    .await
-    .unwrap();
+    .await;
     sps.delete("destroy-md", &Default::default()).await.unwrap();
     let pool = sps.get("destroy-md").await.unwrap();
     assert!(
@@ -310,33 +330,19 @@ async fn a_due_verify_schedule_reports_into_the_policy_status() {
     use tessera_node_agent::controller::{AgentState, run_verify_jobs};
     use tessera_node_agent::runner::ScriptedRunner;
 
-    let c = cluster().await.unwrap();
-    let client = c.client().await.unwrap();
-    install_crds(&client, &repo_root().join("charts/tessera/crds"))
-        .await
-        .unwrap();
+    let client = client_with_crds().await;
     let node = "storage-verify";
     let sps: Api<StoragePool> = Api::all(client.clone());
-    let obj = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool",
-        "metadata": {"name": "verify-md"},
-        "spec": {"nodeName": node, "backend": "md",
+    md_pool_on(
+        &sps,
+        "verify-md",
+        node,
+        json!({"name": "verify-md"}),
+        json!({"nodeName": node, "backend": "md",
                  "md": {"name": "vdata", "level": 6,
-                        "devices": ["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd"]}}});
-    sps.patch(
-        "verify-md",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&obj),
+                        "devices": ["/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd"]}}),
     )
-    .await
-    .unwrap();
-    let st = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "StoragePool", "status": {"nodeName": node}});
-    sps.patch_status(
-        "verify-md",
-        &PatchParams::apply("tessera-operator").force(),
-        &Patch::Apply(&st),
-    )
-    .await
-    .unwrap();
+    .await;
     let grps: Api<GpuRaidPolicy> = Api::all(client.clone());
     let pol = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy",
         "metadata": {"name": "verify-hourly"}, "spec": {"verifySchedule": "0 * * * *"}});

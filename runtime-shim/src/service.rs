@@ -244,6 +244,24 @@ impl RuntimeService for Shim {
             let config = r
                 .config
                 .ok_or_else(|| Status::invalid_argument("CreateContainer without config"))?;
+            // The vGPU allocation comes from the pod's VGpuClaim (apiserver), checked first: a claim
+            // that is not bound yet fails the create before any pull.
+            let pod = match r.sandbox_config.clone() {
+                Some(c) => c,
+                None => {
+                    let (x2, sid) = (x.clone(), r.pod_sandbox_id.clone());
+                    blocking(move || x2.sandbox_config(&sid)).await?
+                }
+            };
+            let meta = pod.metadata.clone().unwrap_or_default();
+            let vgpu = crate::vgpu::for_pod(
+                &pod.annotations,
+                &meta.namespace,
+                &meta.uid,
+                self.claims.as_ref(),
+                self.allow_allocation_annotation,
+            )
+            .await?;
             // kubelet's pull may have gone to containerd (no handler in the ImageSpec): pull
             // into the Xen store now, with the credentials of that pull when there were any.
             let image = config
@@ -265,23 +283,6 @@ impl RuntimeService for Shim {
                         })
                     })?;
             }
-            // The vGPU allocation comes from the pod's VGpuClaim (apiserver), checked here.
-            let pod = match r.sandbox_config.clone() {
-                Some(c) => c,
-                None => {
-                    let (x2, sid) = (x.clone(), r.pod_sandbox_id.clone());
-                    blocking(move || x2.sandbox_config(&sid)).await?
-                }
-            };
-            let meta = pod.metadata.clone().unwrap_or_default();
-            let vgpu = crate::vgpu::for_pod(
-                &pod.annotations,
-                &meta.namespace,
-                &meta.uid,
-                self.claims.as_ref(),
-                self.allow_allocation_annotation,
-            )
-            .await?;
             let id = blocking(move || x.create_container(&r.pod_sandbox_id, config, vgpu)).await?;
             return Ok(Response::new(cri::CreateContainerResponse {
                 container_id: id,

@@ -275,6 +275,18 @@ fn container(image: &str, log_dir: &Path) -> (cri::ContainerConfig, cri::PodSand
     (c, p)
 }
 
+/// The xl config the runtime wrote for container `cid`.
+fn domain_cfg(r: &Rig, cid: &str) -> String {
+    fs::read_to_string(
+        r.dir
+            .path()
+            .join("state/containers")
+            .join(cid)
+            .join("domain.cfg"),
+    )
+    .unwrap()
+}
+
 fn containers_left(r: &Rig) -> usize {
     fs::read_dir(r.dir.path().join("state/containers"))
         .unwrap()
@@ -399,14 +411,7 @@ fn the_domain_is_sized_from_the_container_resources() {
     });
     let sid = r.rt.run_pod_sandbox(pcfg).unwrap();
     let cid = r.rt.create_container(&sid, cfg, None).unwrap();
-    let xl = fs::read_to_string(
-        r.dir
-            .path()
-            .join("state/containers")
-            .join(&cid)
-            .join("domain.cfg"),
-    )
-    .unwrap();
+    let xl = domain_cfg(&r, &cid);
     assert!(
         xl.contains(&format!("memory = {}\n", 512 + GUEST_OVERHEAD_MIB)),
         "{xl}"
@@ -418,14 +423,7 @@ fn the_domain_is_sized_from_the_container_resources() {
     pcfg.metadata.as_mut().unwrap().name = "p2".into();
     let sid = r.rt.run_pod_sandbox(pcfg).unwrap();
     let cid = r.rt.create_container(&sid, cfg, None).unwrap();
-    let xl = fs::read_to_string(
-        r.dir
-            .path()
-            .join("state/containers")
-            .join(&cid)
-            .join("domain.cfg"),
-    )
-    .unwrap();
+    let xl = domain_cfg(&r, &cid);
     assert!(
         xl.contains("memory = 256\n") && xl.contains("vcpus = 1\n"),
         "{xl}"
