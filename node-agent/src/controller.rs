@@ -53,6 +53,8 @@ pub struct AgentState {
     /// The last Event reason per subject (`pool/NAME`, `drive/PATH`): an Event is published when
     /// it changes, not on every pass.
     last_event: HashMap<String, String>,
+    /// This node (the Events' reporting instance).
+    node: String,
 }
 
 impl AgentState {
@@ -61,6 +63,7 @@ impl AgentState {
             metrics: Metrics::new(node),
             last_look: HashMap::new(),
             last_event: HashMap::new(),
+            node: node.to_string(),
             started: Zoned::now().datetime(),
         }
     }
@@ -107,7 +110,7 @@ async fn event_on_change(
     }
     let reporter = Reporter {
         controller: MANAGER.into(),
-        instance: std::env::var("NODE_NAME").ok(),
+        instance: Some(state.node.clone()),
     };
     let ev = Event {
         type_: if warning {

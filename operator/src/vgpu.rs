@@ -89,10 +89,10 @@ pub struct AllocRequest {
     reply: tokio::sync::oneshot::Sender<Result<Option<Placed>>>,
 }
 
-/// Most claims placed in one batch (at most RECONCILE_CONCURRENCY are ever waiting).
-const ALLOC_BATCH: usize = 1024;
 /// VGpuClaim reconciles running at once.
 const RECONCILE_CONCURRENCY: u16 = 64;
+/// Most claims placed in one batch: every reconcile that can be waiting.
+const ALLOC_BATCH: usize = RECONCILE_CONCURRENCY as usize;
 
 /// Places claims in batches: every reconcile that needs a GPU queues its request here; the task
 /// takes whatever is queued, places all of it against one parse of the ledgers (best fit, in

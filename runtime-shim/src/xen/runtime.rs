@@ -204,6 +204,11 @@ impl std::fmt::Debug for XenRuntime {
     }
 }
 
+/// The Xen domain of container `id` (xl names are short; 12 hex digits stay unique in practice).
+fn domain_name(id: &str) -> String {
+    format!("tessera-{}", id.get(..12).unwrap_or(id))
+}
+
 fn dom(domid: u32) -> String {
     format!("/local/domain/{domid}")
 }
@@ -259,7 +264,7 @@ impl XenRuntime {
         for entry in entries.flatten() {
             let dir = entry.path();
             let id = entry.file_name().to_string_lossy().into_owned();
-            let domain = format!("tessera-{}", id.get(..12).unwrap_or(&id));
+            let domain = domain_name(&id);
             let saved = match Saved::load(&dir) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -591,7 +596,7 @@ impl XenRuntime {
 
         let (memory_mib, vcpus) = self.domain_size(&config);
         let id = new_id(&format!("{sid}/{}", meta.name));
-        let domain = format!("tessera-{}", &id[..12]);
+        let domain = domain_name(&id);
         let dir = self.cfg.state_dir.join("containers").join(&id);
         fs::create_dir_all(&dir).map_err(|e| ShimError::io(&dir, e))?;
         let disk = dir.join("rootfs.img");
