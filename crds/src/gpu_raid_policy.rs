@@ -64,6 +64,13 @@ pub struct GpuRaidPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128), pattern(r"^(\S+\s+){4}\S+$"))]
     pub verify_schedule: Option<String>,
+    /// What a scheduled verify does with inconsistent pages of a RAID6 array that the syndrome
+    /// blames on one member: `false` (default) reports them; `true` rewrites each such page on that
+    /// member from the others (the array stays read-only meanwhile, every page is logged) and
+    /// verifies again. Pages no single member explains (RAID5, two bad members) are only reported.
+    /// May change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_mismatches: Option<bool>,
 }
 
 fn default_codes() -> Vec<ParityCode> {
@@ -148,6 +155,12 @@ pub struct VerifyResult {
     pub mismatches: i64,
     /// Data throughput in GB/s.
     pub gb_per_second: f64,
+    /// Pages rewritten from parity by the repair (`repairMismatches`), as `DEVICE@OFFSET KIND`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
+    /// Inconsistent pages found by the verify that followed the repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatches_after_repair: Option<i64>,
     /// What went wrong, when the verify could not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

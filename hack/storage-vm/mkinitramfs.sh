@@ -18,13 +18,14 @@ mkdir -p "$W"/{bin,sbin,etc/lvm,proc,sys,dev,run,tmp,mnt,lib64,lib/x86_64-linux-
 cp "$SVM_ROOT/bin/busybox" "$W/bin/busybox"
 for a in sh mount umount mkdir cat echo ls dd cmp sync sleep poweroff mknod grep sed awk head tail \
   md5sum sha256sum uname dmesg ps seq tr wc cut date xargs find blockdev losetup printf test true \
-  false chmod ln rm cp tee setsid cttyhack expr; do
+  false chmod ln rm cp tee setsid cttyhack expr ifconfig ip hostname killall pidof readlink basename; do
   ln -sf busybox "$W/bin/$a"
 done
 cp "$KMOD" "$W/bin/kmod"
 ln -sf ../bin/kmod "$W/sbin/modprobe"
 cp "$SVM_ROOT/sbin/mdadm" "$SVM_ROOT/sbin/lvm" "$SVM_ROOT/sbin/dmsetup" "$W/sbin/"
 for t in pvcreate vgcreate lvcreate lvs vgs pvs vgchange lvchange lvremove vgremove; do ln -sf lvm "$W/sbin/$t"; done
+if [ -n "${SVM_EXTRA_TREE:-}" ]; then cp -a "$SVM_EXTRA_TREE/." "$W/"; fi
 BINS=("$W/bin/kmod" "$W/sbin/mdadm" "$W/sbin/lvm" "$W/sbin/dmsetup")
 for b in ${SVM_EXTRA_BINS:-}; do cp "$b" "$W/sbin/"; BINS+=("$W/sbin/$(basename "$b")"); done
 

@@ -5,7 +5,9 @@
 # log, cache, datasets, a zvol). Checks: the first apply creates, the second has no actions; failing
 # a member (mdadm --fail, zpool offline) reports Degraded; a disk carrying ext4 is refused by all
 # three backends without devicePolicy Wipe and its image's sha256 is unchanged; a scrub started
-# with --scrub-now shows in status.operation.
+# with --scrub-now shows in status.operation; the iSCSI export made with targetcli serves the zvol's
+# bytes to the allowed initiator (open-iscsi) and refuses another; the parity verify finds and the
+# repair rewrites a corrupted page; destroy leaves no pool, target or signature behind.
 # Everything it needs is fetched and cached under ~/.cache/tessera (storage VM root, zfs.ko build,
 # util-linux for wipefs). TESSERA_CAPTURE_FIXTURES=1 copies the guest's raw tool outputs over the
 # parser fixtures in node-agent/tests/fixtures/.
@@ -46,14 +48,58 @@ else
   svm_step "util-linux (wipefs, lsblk), exportfs for the guest" lane_debs
 fi
 
-# The lane's initramfs: the base one plus the agent, zpool/zfs, wipefs and the zfs modules. Rebuilt
-# when any of them changes.
+# iSCSI: targetcli-fb with the Python it runs on (target side, LIO in the guest's kernel; it needs a
+# system D-Bus, so dbus-daemon comes too), open-iscsi
+# (the kernel initiator that logs in and reads the LUN back) and libiscsi's tools (a user-space
+# initiator that can present another initiator name). Unpacked into a tree that goes as is into the
+# initramfs, without docs, man pages, locales and the parts of the stdlib nothing here imports.
+ISCSI_DEBS="python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-minimal python3
+ targetcli-fb python3-rtslib-fb python3-configshell-fb python3-six python3-pyparsing python3-urwid
+ python3-pyudev python3-gi gir1.2-glib-2.0 libgirepository-1.0-1 libglib2.0-0 libffi8 libexpat1
+ libsqlite3-0 libreadline8 libncursesw6 libtinfo6 libbz2-1.0 liblzma5 libuuid1 libcrypt1 libdb5.3
+ libnsl2 libtirpc3 zlib1g libssl3 libudev1 libpcre2-8-0 libmount1 libblkid1 libselinux1 open-iscsi
+ libisns0 libopeniscsiusr libkmod2 libsystemd0 libcap2 libgcrypt20 libgpg-error0 liblz4-1 libzstd1
+ libiscsi-bin libiscsi7 libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200 libcunit1
+ dbus-daemon dbus-system-bus-common libdbus-1-3 libapparmor1 libaudit1 libcap-ng0 libc6"
+IT=$L/iscsi-tree
+iscsi_tree() {
+  mkdir -p "$L/iscsi-debs"
+  cd "$L/iscsi-debs"
+  # shellcheck disable=SC2086 # word splitting of the package list is intended
+  { apt-get download -q $ISCSI_DEBS 2>&1 | grep -v unsandboxed; } || true
+  cd - >/dev/null
+  rm -rf "$IT"
+  mkdir -p "$IT"
+  local f
+  for f in "$L"/iscsi-debs/*.deb; do dpkg -x "$f" "$IT"; done
+  # lib64/ld-linux is an absolute link (the base initramfs has the loader): writing through it
+  # would reach the host's.
+  rm -rf "${IT:?}/lib64" "${IT:?}"/usr/share/{doc,man,locale,lintian,bug,python3} "${IT:?}"/usr/lib/python3.11/{test,idlelib,tkinter,ensurepip,lib2to3,pydoc_data,turtledemo} "${IT:?}"/etc/init.d "${IT:?}"/lib/systemd
+  [ -x "$IT/usr/bin/targetcli" ] && [ -x "$IT/sbin/iscsiadm" ] && [ -x "$IT/usr/bin/iscsi-ls" ] &&
+    [ -x "$IT/usr/bin/dbus-daemon" ] ||
+    { echo "targetcli / iscsiadm / iscsi-ls / dbus-daemon missing after unpack" >&2; exit 1; }
+  # The guest starts iscsid itself (no systemd); LIO's saved configuration goes to /etc/target.
+  sed -i 's#^iscsid.startup = .*#iscsid.startup = /sbin/iscsid#' "$IT/etc/iscsi/iscsid.conf"
+  mkdir -p "$IT/etc/target" "$IT/lib/udev"
+  cp "$Z/root/lib/udev/zvol_id" "$IT/lib/udev/"
+  echo "$ISCSI_KEY" >"$L/.iscsi-complete"
+}
+ISCSI_KEY="$ISCSI_DEBS $(sed -n '/^iscsi_tree()/,/^}/p' "$0" | sha256sum | cut -c1-16)"
+if [ "$(cat "$L/.iscsi-complete" 2>/dev/null)" = "$ISCSI_KEY" ]; then
+  echo "targetcli, open-iscsi, libiscsi tools cached in $IT"
+else
+  svm_step "targetcli + Python, open-iscsi, libiscsi tools for the guest" iscsi_tree
+fi
+
+# The lane's initramfs: the base one plus the agent, zpool/zfs, wipefs, the zfs modules and the iSCSI
+# tree. Rebuilt when any of them changes.
 INITRD=$L/initramfs-storage.cpio.gz
-KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk" "$L/root/usr/sbin/exportfs"; cat "$SVM_CACHE/.initrd-key" \
+KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk" "$L/root/usr/sbin/exportfs"; cat "$L/.iscsi-complete" "$SVM_CACHE/.initrd-key" \
   "$ROOT/hack/storage-vm/mkinitramfs.sh" "$ROOT/hack/storage-vm/init"; sed -n '/^mk_initrd()/,/^}/p' "$0") |
   sha256sum | cut -c1-16)
 mk_initrd() {
-  SVM_INITRD_OUT=$INITRD SVM_EXTRA_KO_DIR=$Z/ko SVM_EXTRA_MODS=nfsd \
+  SVM_INITRD_OUT=$INITRD SVM_EXTRA_KO_DIR=$Z/ko SVM_EXTRA_TREE=$IT \
+    SVM_EXTRA_MODS="nfsd configfs target_core_mod target_core_iblock iscsi_target_mod iscsi_tcp sd_mod" \
     SVM_EXTRA_BINS="$AGENT $Z/root/sbin/zpool $Z/root/sbin/zfs $L/root/sbin/wipefs $L/root/bin/lsblk $L/root/usr/sbin/exportfs" \
     SVM_EXTRA_LIBPATH="$Z/root/lib/x86_64-linux-gnu:$Z/root/usr/lib/x86_64-linux-gnu:$L/root/lib/x86_64-linux-gnu:$L/root/usr/lib/x86_64-linux-gnu" \
     "$ROOT/hack/storage-vm/mkinitramfs.sh" >/dev/null
@@ -62,7 +108,7 @@ mk_initrd() {
 if [ "$(cat "$INITRD.key" 2>/dev/null)" = "$KEY" ] && [ -f "$INITRD" ]; then
   echo "lane initramfs cached ($INITRD)"
 else
-  svm_step "lane initramfs (agent, zpool/zfs, wipefs, zfs.ko)" mk_initrd
+  svm_step "lane initramfs (agent, zpool/zfs, wipefs, zfs.ko, targetcli, open-iscsi)" mk_initrd
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/e2e-storage.XXXX")
@@ -110,6 +156,7 @@ boot() {
   SVM_INITRD=$INITRD SVM_KEEP_DISKS=1 SVM_MEM=${SVM_MEM:-2048} \
     "$ROOT/hack/storage-vm/run.sh" "$ROOT/hack/storage/guest-storage.sh" "$D" "$SIZES" \
     "$ROOT"/hack/storage/pools/*.yaml >"$WORK/vm.log" 2>&1 || true
+  if [ -n "${TESSERA_E2E_KEEP:-}" ]; then mkdir -p "$TESSERA_E2E_KEEP" && cp "$WORK/vm.log" "$TESSERA_E2E_KEEP/"; fi
   grep -E 'VMTEST|panic|Oops|BUG' "$WORK/vm.log" | sed 's/^/    /'
   grep -q 'VMTEST: guest done' "$WORK/vm.log"
 }
@@ -129,6 +176,7 @@ check() { # check DESCRIPTION cmd...
   shift
   if "$@"; then echo "  ok   $d"; else echo "  FAIL $d"; FAILS=$((FAILS + 1)); fi
 }
+rc_not() { [ "$(cat "$WORK/out/$1.rc" 2>/dev/null)" != "$2" ]; }
 rc_is() { [ "$(cat "$WORK/out/$1.rc" 2>/dev/null)" = "$2" ] || { echo "    $1: exit $(cat "$WORK/out/$1.rc" 2>/dev/null), wanted $2"; tail -5 "$WORK/out/$1.err" 2>/dev/null; return 1; }; }
 # py NAME EXPR: EXPR over the status report d of NAME.json (cond(t) is its condition t)
 py() {
@@ -162,7 +210,19 @@ assert all(s in t for s in ('mirror-0','mirror-1','special','logs','cache','/dev
 check "zfs: dataset properties (recordsize 1M, atime off, special_small_blocks 32K)" grep -qxP 'recordsize\t1048576' "$WORK/out/fx-zfs-get-inference.out"
 check "zfs: zvol 32 MiB, volblocksize 16K" grep -qxP 'volsize\t33554432' "$WORK/out/fx-zfs-get-zvol.out"
 check "zfs: NFS export made by the agent (exportfs -s lists /llm/inference for 10.20.0.0/24)" grep -q '^/llm/inference.*10.20.0.0/24(.*rw.*root_squash' "$WORK/out/fx-exportfs-s.out"
-check "zfs: iSCSI export skipped without targetcli (Exported=False ToolMissing)" py zfs-2 'cond("Exported")["reason"] == "ToolMissing" and "targetcli" in cond("Exported")["message"]'
+check "zfs: iSCSI export made by the agent with targetcli (backstore, target, LUN, ACL, saveconfig)" \
+  py zfs-1 '(lambda c: ["targetcli", "/iscsi", "create", "iqn.2026-01.dev.tessera:llm-vm"] in c and ["targetcli", "saveconfig"] in c)([s["command"] for s in d["plan"]["steps"]])'
+check "zfs: exports reported applied (Exported=True)" py zfs-2 'cond("Exported")["status"] == "True"'
+check "zfs: targetcli ls shows the LUN on the zvol and the ACL" python3 -c "
+t=open('$WORK/out/fx-targetcli-ls.out').read()
+assert 'iqn.2026-01.dev.tessera:llm-vm' in t and '/dev/zvol/llm/vm/iscsi0' in t and 'iqn.2026-01.lab.example:hypervisor-01' in t, t"
+check "iscsi: an initiator outside the ACL cannot log in (Authorization failure)" \
+  sh -c "[ \"\$(cat '$WORK/out/iscsi-intruder.rc')\" != 0 ] && grep -q 'Authorization failure' '$WORK/out/iscsi-intruder.err'"
+check "iscsi: the allowed initiator sees a 32 MiB LUN" grep -q '33554432' "$WORK/out/iscsi-readcap.out"
+check "iscsi: kernel initiator logs in (open-iscsi)" rc_is iscsi-login 0
+check "iscsi: bytes read over iSCSI equal the zvol's (4 MiB)" grep -qx same "$WORK/out/iscsi-read.out"
+check "iscsi: bytes written over iSCSI land on the zvol (2 MiB at 8 MiB)" grep -qx same "$WORK/out/iscsi-write.out"
+check "iscsi: logout" rc_is iscsi-logout 0
 for b in md lvm zfs; do
   check "$b on the ext4 disk: refused (exit 3)" rc_is "refuse-$b" 3
   check "$b on the ext4 disk: DeviceHasSignature, nothing planned" py "refuse-$b" 'cond("Applied")["reason"] == "DeviceHasSignature" and d["plan"]["steps"] == []'
@@ -182,6 +242,11 @@ check "verify: the array is read-write again afterwards" grep -qvx 'read-only\|r
 check "verify: 4 KiB overwritten on /dev/vdd -> exit 1, inconsistent page found, /dev/vdd blamed" \
   py verify-corrupt 'd["mismatches"] >= 1 and d["blamed"] == ["/dev/vdd"]'
 check "verify: corrupt exit 1" rc_is verify-corrupt 1
+check "repair: exactly one page rewritten, on /dev/vdd, consistent afterwards (exit 0)" \
+  py verify-repair 'len(d["repaired"]) == 1 and d["repaired"][0].startswith("/dev/vdd@") and d["mismatchesAfterRepair"] == 0 and d["unrepairable"] == 0'
+check "repair: exit 0" rc_is verify-repair 0
+check "repair: the page on /dev/vdd holds the bytes it had before the corruption" grep -qx same "$WORK/out/verify-repair-page.out"
+check "repair: a fresh verify finds the array consistent" py verify-after-repair 'd["mismatches"] == 0'
 check "destroy: a Retain manifest is refused (exit 3), the array stays" rc_is destroy-retain-md 3
 check "destroy: ... and mdadm still sees /dev/md/data" rc_is destroy-retain-md-still-there 0
 for b in md lvm zfs; do
@@ -196,10 +261,12 @@ check "zfs: destroy un-exported NFS first, then zpool destroy, then labelclear o
 check "md / zfs: a second destroy finds nothing (Destroyed=True, NotPresent)" \
   py destroy-md-again 'cond("Destroyed")["reason"] == "NotPresent" and not d["plan"]["steps"]'
 check "zfs: second destroy NotPresent" py destroy-zfs-again 'cond("Destroyed")["reason"] == "NotPresent"'
-rc_not() { [ "$(cat "$WORK/out/$1.rc" 2>/dev/null)" != "$2" ]; }
 check "md: /dev/md/data is gone after destroy (mdadm --detail fails)" rc_not after-destroy-md-detail 0
 check "lvm: vgs tvg fails after destroy" rc_not after-destroy-lvm-vgs 0
 check "zfs: zpool list llm fails after destroy" rc_not after-destroy-zpool-list 0
+check "zfs: destroy removed the iSCSI target and backstore (targetcli ls)" python3 -c "
+t=open('$WORK/out/after-destroy-targetcli.out').read()
+assert 'llm-vm' not in t and 'iscsi0' not in t and 'Targets: 0' in t, t"
 check "no signature left on any member of the three pools (wipefs -n: exit 0, prints nothing)" \
   sh -c "[ \"\$(cat '$WORK/out/after-destroy-signatures.rc')\" = 0 ] && [ -f '$WORK/out/after-destroy-signatures.out' ] && [ ! -s '$WORK/out/after-destroy-signatures.out' ]"
 check "md: the Retain manifest applies again on the destroyed members without devicePolicy: Wipe" \

@@ -7,17 +7,45 @@
 # Disks: vda-vdf MD, vdg-vdl LVM, vdm1-vdp1 ZFS mirrors, vdq1/2/3 special/log/cache, vdr ext4,
 # vds spare partner of the refused MD array, vdt the output disk.
 set -u
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 A=/sbin/tessera-node-agent
 O=/out
 mkdir -p "$O"
 export RUST_LOG=info
 up() { cut -d' ' -f1 /proc/uptime; }
-for m in raid456 dm_mod dm_raid zfs nfsd; do /sbin/modprobe "$m" || echo "VMTEST: modprobe $m failed"; done
+for m in raid456 dm_mod dm_raid zfs nfsd configfs target_core_iblock iscsi_target_mod iscsi_tcp sd_mod; do
+  /sbin/modprobe "$m" || echo "VMTEST: modprobe $m failed"
+done
 # kernel NFS server state for exportfs (no rpc.mountd / nfsd threads: the export table is what is checked)
 mkdir -p /var/lib/nfs /proc/fs/nfsd /etc/exports.d
 : >/etc/exports
 : >/var/lib/nfs/etab # what nfs-server.service's `exportfs -r` leaves on a host
 mount -t nfsd nfsd /proc/fs/nfsd || echo "VMTEST: mount nfsd failed"
+# iSCSI: LIO's configfs, the loopback interface for the portal and the initiator, and what udev does
+# for zvols on a host (60-zvol.rules: a /dev/zvol/POOL/VOL link to each /dev/zdN, named by zvol_id).
+mount -t configfs configfs /sys/kernel/config || echo "VMTEST: mount configfs failed"
+ifconfig lo 127.0.0.1 up || echo "VMTEST: lo up failed"
+zvol_links() {
+  while :; do
+    for d in /dev/zd*; do
+      [ -b "$d" ] || continue
+      n=$(/lib/udev/zvol_id "$d" 2>/dev/null) || continue
+      [ "$(readlink "/dev/zvol/$n")" = "$d" ] && continue
+      mkdir -p "/dev/zvol/$(dirname "$n")"
+      ln -sf "$d" "/dev/zvol/$n"
+    done
+    sleep 0.2
+  done
+}
+zvol_links &
+ZVOL_LINKS=$!
+# targetcli asks the system D-Bus for tcmu-runner's backstores on every start: Debian's system bus,
+# as on a host.
+echo 'messagebus:x:100:101::/nonexistent:/bin/false' >>/etc/passwd
+echo 'messagebus:x:101:' >>/etc/group
+mkdir -p /var /run/dbus
+ln -sfn /run /var/run
+dbus-daemon --system --fork || echo "VMTEST: dbus-daemon failed"
 
 # run NAME cmd...: stdout, stderr and exit code into /out/NAME.{out,err,rc}, one timing line.
 run() {
@@ -64,6 +92,31 @@ run fx-zpool-get zpool get -Hp -o property,value ashift,autotrim llm
 run fx-zfs-get-inference zfs get -Hp -o property,value recordsize,atime,special_small_blocks llm/inference
 run fx-exportfs-s exportfs -s
 run fx-zfs-get-zvol zfs get -Hp -o property,value volsize,volblocksize,sync,volmode llm/vm/iscsi0
+run fx-targetcli-ls targetcli ls /
+
+# The iSCSI export made by the agent, from the initiator side: the zvol gets 4 MiB of random bytes;
+# an initiator name outside the ACL cannot log in (libiscsi); the allowed one sees a 32 MiB LUN and,
+# through the kernel initiator (open-iscsi), reads the zvol's bytes and writes bytes the zvol then has.
+IQN=iqn.2026-01.dev.tessera:llm-vm
+OK_INIT=iqn.2026-01.lab.example:hypervisor-01
+ZV=/dev/zvol/llm/vm/iscsi0
+run iscsi-fill dd if=/dev/urandom of=$ZV bs=1M count=4 conv=fsync
+run iscsi-intruder iscsi-readcapacity16 -i iqn.2026-01.lab.example:intruder "iscsi://127.0.0.1/$IQN/0"
+run iscsi-readcap iscsi-readcapacity16 -i $OK_INIT "iscsi://127.0.0.1/$IQN/0"
+mkdir -p /etc/iscsi/nodes /etc/iscsi/send_targets /run/lock/iscsi /var/lib/iscsi
+echo "InitiatorName=$OK_INIT" >/etc/iscsi/initiatorname.iscsi
+setsid /sbin/iscsid -f >"$O/iscsid.log" 2>&1 &
+ISCSID=$!
+sleep 1
+run iscsi-discovery iscsiadm -m discovery -t sendtargets -p 127.0.0.1
+run iscsi-login iscsiadm -m node -T $IQN -p 127.0.0.1 --login
+for _ in $(seq 100); do [ -b /dev/sda ] && break; sleep 0.2; done
+run iscsi-read sh -c "cmp -n 4194304 /dev/sda $ZV && echo same"
+run iscsi-write sh -c "dd if=/dev/urandom of=/tmp/w bs=1M count=2 2>/dev/null &&
+  dd if=/tmp/w of=/dev/sda bs=1M seek=8 oflag=direct conv=fsync 2>/dev/null &&
+  echo 3 >/proc/sys/vm/drop_caches && cmp -n 2097152 /tmp/w $ZV 0 8388608 && echo same"
+run iscsi-logout iscsiadm -m node -T $IQN -p 127.0.0.1 --logout
+kill "$ISCSID" 2>/dev/null
 
 # Scrub: some data first, so that the scrub is still running when the agent looks.
 dd if=/dev/urandom of=/llm/inference/blob bs=1M count=48 2>/dev/null
@@ -82,12 +135,16 @@ run fx-zpool-status-scrubbed zpool status -P -p llm
 mdadm --wait /dev/md/data >/dev/null 2>&1
 run verify-clean "$A" verify --pool /md-raid6.yaml --status-out "$O/verify-clean.json"
 run verify-array-state sh -c 'cat /sys/block/$(basename $(readlink -f /dev/md/data))/md/array_state'
+dd if=/dev/vdd of=/tmp/page-before bs=4096 count=1 skip=4096 iflag=direct 2>/dev/null
 run verify-corrupt-write dd if=/dev/urandom of=/dev/vdd bs=4096 count=1 seek=4096 oflag=direct conv=notrunc
 echo 3 >/proc/sys/vm/drop_caches
 run verify-corrupt "$A" verify --pool /md-raid6.yaml --status-out "$O/verify-corrupt.json"
-# Repair it (the kernel rewrites parity) so that the later steps see a consistent array.
-echo repair >"/sys/block/$(basename "$(readlink -f /dev/md/data)")/md/sync_action"
-mdadm --wait /dev/md/data >/dev/null 2>&1
+# The repair (the policy's repairMismatches) rewrites that page on /dev/vdd from the other members:
+# the bytes it had before are back, and the array verifies clean. (The kernel's own `repair`
+# would have recomputed P and Q from the corrupted data instead.)
+run verify-repair "$A" verify --pool /md-raid6.yaml --repair --status-out "$O/verify-repair.json"
+run verify-repair-page sh -c 'dd if=/dev/vdd bs=4096 count=1 skip=4096 iflag=direct 2>/dev/null | cmp - /tmp/page-before && echo same'
+run verify-after-repair "$A" verify --pool /md-raid6.yaml --status-out "$O/verify-after-repair.json"
 
 # Failing one member makes the status Degraded.
 run md-fail mdadm /dev/md/data --fail /dev/vdb
@@ -124,12 +181,14 @@ run destroy-zfs-again "$A" destroy --pool /tmp/zfs-llm-destroy.yaml --status-out
 run after-destroy-md-detail mdadm --detail /dev/md/data
 run after-destroy-lvm-vgs lvm vgs tvg
 run after-destroy-zpool-list zpool list llm
+run after-destroy-targetcli targetcli ls /
 # Signatures left on the members (wipefs prints one line per signature; empty = blank).
 run after-destroy-signatures wipefs -n /dev/vda /dev/vdb /dev/vdc /dev/vdd /dev/vde /dev/vdf \
   /dev/vdg /dev/vdh /dev/vdi /dev/vdj /dev/vdk /dev/vdl /dev/vdm1 /dev/vdn1 /dev/vdo1 /dev/vdp1 \
   /dev/vdq1 /dev/vdq2 /dev/vdq3
 apply md-recreate md-raid6.yaml
 
+kill "$ZVOL_LINKS" 2>/dev/null
 dmesg >"$O/dmesg.txt"
 zpool export llm >/dev/null 2>&1
 lvm vgchange -an tvg >/dev/null 2>&1

@@ -2,6 +2,8 @@
 //! status (health, capacity, members, operation, conditions `Applied`, `Degraded`, `Progressing`,
 //! and for ZFS `Exported` and `CapacityHigh`).
 
+use std::time::{Duration, Instant};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
@@ -181,6 +183,9 @@ pub fn run_step(r: &dyn Runner, step: &Step, dry_run: bool) -> Result<()> {
     let Some((program, args)) = step.command.split_first() else {
         return Ok(());
     };
+    if let Some(path) = &step.wait_for {
+        wait_for_device(r, path, DEVICE_WAIT)?;
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match r.check(program, &args) {
         Err(Error::Command { status, stderr, .. }) => Err(Error::Command {
@@ -190,6 +195,29 @@ pub fn run_step(r: &dyn Runner, step: &Step, dry_run: bool) -> Result<()> {
         }),
         other => other.map(|_| ()),
     }
+}
+
+/// How long a step waits for udev to create the device node it needs.
+const DEVICE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `path` exists (udev creates zvol links shortly after `zfs create -V` returns).
+fn wait_for_device(r: &dyn Runner, path: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut logged = false;
+    while !r.exists(path) {
+        if start.elapsed() >= limit {
+            return Err(Error::DeviceTimeout {
+                path: path.to_string(),
+                seconds: limit.as_secs(),
+            });
+        }
+        if !logged {
+            info!(path, "waiting for udev to create the device node");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Plan and (unless `dry_run`) run, then observe. Every destructive step is logged with its device
@@ -314,4 +342,34 @@ pub fn apply(r: &dyn Runner, pool: &StoragePool, opts: &ApplyOptions) -> Result<
     }
     report.plan = plan;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::ScriptedRunner;
+
+    #[test]
+    fn a_step_waits_for_its_device_and_never_runs_without_it() {
+        let r = ScriptedRunner::default();
+        r.ok("targetcli", "");
+        r.missing("/dev/zvol/llm/vm/iscsi0");
+        let step = Step::new("backstore", &["targetcli", "/backstores/block", "create"])
+            .after_device("/dev/zvol/llm/vm/iscsi0");
+        let err = wait_for_device(&r, "/dev/zvol/llm/vm/iscsi0", Duration::from_millis(250))
+            .expect_err("the device never appears");
+        assert!(
+            matches!(&err, Error::DeviceTimeout { path, .. } if path == "/dev/zvol/llm/vm/iscsi0"),
+            "{err}"
+        );
+        assert!(r.history().is_empty(), "nothing ran: {:?}", r.history());
+
+        let present = ScriptedRunner::default();
+        present.ok("targetcli", "");
+        run_step(&present, &step, false).expect("device present: the step runs");
+        assert_eq!(
+            present.history(),
+            vec!["targetcli /backstores/block create".to_string()]
+        );
+    }
 }

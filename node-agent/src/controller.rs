@@ -486,10 +486,18 @@ pub async fn run_verify_jobs(
             };
             info!(policy = %pname, pool = %pool.name_any(), "verifySchedule fired: parity verify");
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let (last, row, draft) = match crate::verify::verify_md(r, spec, cfg.dry_run) {
+            let repair = p.spec.repair_mismatches.unwrap_or(false);
+            let (last, row, draft) = match crate::verify::verify_md(r, spec, cfg.dry_run, repair) {
                 Ok(o) => (
-                    json!({"time": now, "pool": pool.name_any(), "backend": o.backend, "stripes": o.stripes,
-                           "mismatches": o.mismatches, "gbPerSecond": o.gb_per_second}),
+                    {
+                        let mut v = json!({"time": now, "pool": pool.name_any(), "backend": o.backend, "stripes": o.stripes,
+                               "mismatches": o.mismatches, "gbPerSecond": o.gb_per_second});
+                        if let Some(after) = o.mismatches_after_repair {
+                            v["repaired"] = json!(o.repaired);
+                            v["mismatchesAfterRepair"] = json!(after);
+                        }
+                        v
+                    },
                     Some(
                         json!({"nodeName": cfg.node_name, "backend": o.backend, "code": o.code,
                                 "gbPerSecond": o.gb_per_second}),
@@ -501,6 +509,18 @@ pub async fn run_verify_jobs(
                             format!(
                                 "{} {}: {} stripes consistent, {:.2} GB/s ({})",
                                 o.array, o.code, o.stripes, o.gb_per_second, o.backend
+                            ),
+                        )
+                    } else if o.mismatches_after_repair == Some(0) {
+                        (
+                            true,
+                            "ParityRepaired".to_string(),
+                            format!(
+                                "{} {}: {} inconsistent 4 KiB pages rewritten from parity ({}); consistent now",
+                                o.array,
+                                o.code,
+                                o.repaired.len(),
+                                o.repaired.join(", ")
                             ),
                         )
                     } else {

@@ -19,12 +19,14 @@ pub enum Error {
     },
     #[error("parsing output of {what}: {message}")]
     Parse { what: String, message: String },
-    #[error("reading {path}: {source}")]
+    #[error("reading or writing {path}: {source}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} did not appear within {seconds} s (is udev running on this node?)")]
+    DeviceTimeout { path: String, seconds: u64 },
     #[error("invalid pool: {0}")]
     InvalidPool(String),
     #[error("backend {0} is not built yet in the node agent (see node-agent/README.md)")]

@@ -326,16 +326,19 @@ pub fn plan(
                     let tpg = format!("/iscsi/{iqn}/tpg1");
                     let bs_path = format!("/backstores/block/{bs}");
                     if !have.contains(&bs_path) {
-                        plan.steps.push(Step::new(
-                            format!("iSCSI block backstore {bs} on {dev}"),
-                            &[
-                                "targetcli",
-                                "/backstores/block",
-                                "create",
-                                &format!("name={bs}"),
-                                &format!("dev={dev}"),
-                            ],
-                        ));
+                        plan.steps.push(
+                            Step::new(
+                                format!("iSCSI block backstore {bs} on {dev}"),
+                                &[
+                                    "targetcli",
+                                    "/backstores/block",
+                                    "create",
+                                    &format!("name={bs}"),
+                                    &format!("dev={dev}"),
+                                ],
+                            )
+                            .after_device(&dev),
+                        );
                         changed = true;
                     }
                     if !have.contains(&format!("/iscsi/{iqn}")) {

@@ -64,16 +64,20 @@ enum Cmd {
         status_out: Option<PathBuf>,
     },
     /// Verify the parity of one MD StoragePool (a YAML file) with the Tessera parity engine: the
-    /// array is put read-only while its members are read (not with --dry-run). Exit 0 consistent,
-    /// 1 inconsistent pages found, 2 error.
+    /// array is put read-only while its members are read (not with --dry-run). Exit 0 consistent
+    /// (after the repair, with --repair), 1 inconsistent pages left, 2 error.
     Verify {
         /// The StoragePool manifest (backend md).
         #[arg(long)]
         pool: PathBuf,
         /// Leave the array read-write (reading changes nothing; writes during the check may then
-        /// show as mismatches).
+        /// show as mismatches). Never repairs.
         #[arg(long)]
         dry_run: bool,
+        /// Rewrite each inconsistent page that RAID6's syndrome blames on one member from the other
+        /// members (logged per page), then verify again. RAID5 mismatches are only reported.
+        #[arg(long, conflicts_with = "dry_run")]
+        repair: bool,
         /// Write the outcome here as JSON.
         #[arg(long)]
         status_out: Option<PathBuf>,
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
         Cmd::Verify {
             pool,
             dry_run,
+            repair,
             status_out,
         } => (|| {
             let sp = load_pool(&pool)?;
@@ -241,7 +246,7 @@ fn main() -> ExitCode {
                 .md
                 .as_ref()
                 .ok_or_else(|| format!("{}: verify needs an md pool", pool.display()))?;
-            let o = tessera_node_agent::verify::verify_md(&r, spec, dry_run)
+            let o = tessera_node_agent::verify::verify_md(&r, spec, dry_run, repair)
                 .map_err(|e| e.to_string())?;
             println!(
                 "{} {} ({}): {} stripes, {} inconsistent 4 KiB pages{}, {:.3} GB/s in {:.2} s",
@@ -258,8 +263,18 @@ fn main() -> ExitCode {
                 o.gb_per_second,
                 o.seconds
             );
+            for p in &o.repaired {
+                println!("repaired {p}");
+            }
+            if let Some(left) = o.mismatches_after_repair {
+                println!(
+                    "after the repair: {left} inconsistent pages ({} not attributable to one member)",
+                    o.unrepairable
+                );
+            }
             write_json(status_out.as_deref(), &o)?;
-            Ok(if o.mismatches == 0 { 0 } else { 1 })
+            let left = o.mismatches_after_repair.unwrap_or(o.mismatches);
+            Ok(if left == 0 { 0 } else { 1 })
         })(),
         Cmd::Apply {
             pool,

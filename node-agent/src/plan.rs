@@ -24,6 +24,10 @@ pub struct Step {
     pub destructive: bool,
     /// The device it writes to, when there is one.
     pub device: Option<String>,
+    /// A device node the command needs that udev creates asynchronously after an earlier step
+    /// (`/dev/zvol/POOL/VOL` after `zfs create -V`): the step waits for it to appear first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
 }
 
 fn mask(a: &str) -> String {
@@ -44,7 +48,14 @@ impl Step {
             command: command.iter().map(|s| s.to_string()).collect(),
             destructive: false,
             device: None,
+            wait_for: None,
         }
+    }
+
+    /// Wait for `path` to exist before running (see [`Step::wait_for`]).
+    pub fn after_device(mut self, path: &str) -> Step {
+        self.wait_for = Some(path.to_string());
+        self
     }
 
     /// The command as it may be logged: values of `password=` / `mutual_password=` arguments

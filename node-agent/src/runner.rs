@@ -23,6 +23,14 @@ pub trait Runner: Send + Sync {
     /// Read a file (sysfs, procfs), `None` when it does not exist.
     fn read(&self, path: &str) -> Result<Option<String>>;
 
+    /// Write a sysfs attribute.
+    fn write(&self, path: &str, content: &str) -> Result<()> {
+        std::fs::write(path, content).map_err(|source| Error::Read {
+            path: path.into(),
+            source,
+        })
+    }
+
     /// Whether a path exists (a device node, a sysfs file).
     fn exists(&self, path: &str) -> bool {
         std::path::Path::new(path).exists()
@@ -189,6 +197,13 @@ impl Runner for ScriptedRunner {
             .lock()
             .map(|m| !m.iter().any(|p| p == path))
             .unwrap_or(true)
+    }
+
+    fn write(&self, path: &str, content: &str) -> Result<()> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(format!("write {path} {content}"));
+        }
+        Ok(())
     }
 
     fn read(&self, path: &str) -> Result<Option<String>> {

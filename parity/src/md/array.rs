@@ -1,5 +1,6 @@
 //! Offline assembly of an MD RAID4/5/6 array from member devices or image files: examine, verify,
-//! read (degraded allowed) and rebuild of one member. Members are only ever opened read-only.
+//! read (degraded allowed) and rebuild of one member. Members are opened read-only; `repair` alone
+//! writes, one blamed page at a time.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -646,7 +647,133 @@ impl Array {
     }
 }
 
+/// One page a repair rewrote.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RepairedPage {
+    pub path: PathBuf,
+    pub role: usize,
+    /// "data", "P" or "Q".
+    pub kind: &'static str,
+    /// Offset in the member's data area.
+    pub member_offset: u64,
+    /// Offset on the member device (data offset included): where the bytes were written.
+    pub device_offset: u64,
+}
+
+/// Result of `repair`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    pub repaired: Vec<RepairedPage>,
+    /// Mismatches no single member explains (RAID5, or RAID6 pages with two bad members): left as
+    /// they are, since nothing says which bytes are right.
+    pub unrepairable: u64,
+}
+
 impl Array {
+    /// Rewrites the pages that `verify` blamed on one member with what the other members say
+    /// they hold (RAID6 syndrome decoding), like mdadm's `raid6check --repair`. The only write
+    /// path of this module: each page is re-read and re-checked first (a page that is consistent
+    /// by now, or no longer blamed on the same member, is left alone), written with the member
+    /// opened write-only for that page, synced, then read back. The caller must keep the array
+    /// from changing meanwhile (`mdadm --readonly` or stopped).
+    pub fn repair(&self, mismatches: &[Mismatch]) -> Result<RepairReport, ParityError> {
+        let mut report = RepairReport::default();
+        if self.geometry.level != 6 || !self.missing().is_empty() {
+            report.unrepairable = mismatches.len() as u64;
+            return Ok(report);
+        }
+        let map0 = self.geometry.row(0);
+        let k = map0.slot_member.len();
+        let pq = Pq::new(k)?;
+        let mut seen = std::collections::HashSet::new();
+        for mm in mismatches {
+            let Some(role) = mm.bad_role else {
+                report.unrepairable += 1;
+                continue;
+            };
+            if !seen.insert((role, mm.member_offset)) {
+                continue;
+            }
+            let map = self.geometry.row(mm.row);
+            let order = self.shard_order(&map);
+            let Some(slot) = order.iter().position(|o| *o == Some(role)) else {
+                report.unrepairable += 1;
+                continue;
+            };
+            // The page of every member, in codec order.
+            let mut pages = vec![vec![0u8; PAGE]; order.len()];
+            for (s, o) in order.iter().enumerate() {
+                if let Some(r) = o
+                    && let Some(m) = &self.members[*r]
+                {
+                    m.file
+                        .read_exact_at(&mut pages[s], m.data_offset + mm.member_offset)
+                        .map_err(|e| member_err(&m.path, format!("read failed: {e}")))?;
+                }
+            }
+            let still_blamed = {
+                let sh: Vec<&[u8]> = pages.iter().map(|v| &v[..]).collect();
+                pq.verify(&sh[..k], sh[k], sh[k + 1], PAGE)?
+                    .iter()
+                    .any(|b| match b.member {
+                        Some(Member::Data(d)) => d == slot,
+                        Some(Member::P) => slot == k,
+                        Some(Member::Q) => slot == k + 1,
+                        None => false,
+                    })
+            };
+            if !still_blamed {
+                continue;
+            }
+            {
+                let mut sh: Vec<&mut [u8]> = pages.iter_mut().map(|v| &mut v[..]).collect();
+                pq.decoder(&[slot])?.apply(&mut sh)?;
+            }
+            let sh: Vec<&[u8]> = pages.iter().map(|v| &v[..]).collect();
+            if !pq.verify(&sh[..k], sh[k], sh[k + 1], PAGE)?.is_empty() {
+                report.unrepairable += 1;
+                continue;
+            }
+            let Some(m) = &self.members[role] else {
+                report.unrepairable += 1;
+                continue;
+            };
+            let at = m.data_offset + mm.member_offset;
+            tracing::warn!(path = %m.path.display(), role, offset = at, "repair: rewriting one page from parity");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&m.path)
+                .map_err(|e| member_err(&m.path, format!("cannot open for the repair: {e}")))?;
+            f.write_all_at(&pages[slot], at)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| member_err(&m.path, format!("repair write failed: {e}")))?;
+            let mut back = vec![0u8; PAGE];
+            m.file
+                .read_exact_at(&mut back, at)
+                .map_err(|e| member_err(&m.path, format!("read back failed: {e}")))?;
+            if back != pages[slot] {
+                return Err(member_err(
+                    &m.path,
+                    format!("repair: page at {at} reads back different from what was written"),
+                ));
+            }
+            report.repaired.push(RepairedPage {
+                path: m.path.clone(),
+                role,
+                kind: if slot < k {
+                    "data"
+                } else if slot == k {
+                    "P"
+                } else {
+                    "Q"
+                },
+                member_offset: mm.member_offset,
+                device_offset: at,
+            });
+        }
+        Ok(report)
+    }
+
     /// Copies the data area of member `role` as it is on disk (no parity math): the reference that
     /// `rebuild_to` is compared with.
     pub fn extract_to(

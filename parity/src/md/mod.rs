@@ -5,7 +5,9 @@ pub mod array;
 pub mod layout;
 pub mod superblock;
 
-pub use array::{Array, Overrides, VerifyReport, check_out_not_member, examine};
+pub use array::{
+    Array, Overrides, RepairReport, RepairedPage, VerifyReport, check_out_not_member, examine,
+};
 pub use layout::{Geometry, parse_layout};
 
 #[cfg(test)]
@@ -182,6 +184,70 @@ mod tests {
                 assert_eq!(rep.mismatches[0].member_offset, 3 * chunk as u64 + 4096);
             }
         }
+    }
+
+    #[test]
+    fn repair_rewrites_exactly_the_blamed_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chunk, rows, n) = (16384usize, 9usize, 6usize);
+        let mut data = vec![0u8; rows * (n - 2) * chunk];
+        fill_seeded(&mut data, 77);
+        let paths = synth(dir.path(), 6, 2, n, chunk, rows, &data);
+        let pristine: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        // One bad page on three members, at rows where they hold data, P and Q in turn.
+        let g = Geometry::new(6, 2, n).unwrap();
+        let mut hits = Vec::new();
+        for (row, kind) in [(1u64, "data"), (4, "P"), (7, "Q")] {
+            let m = g.row(row);
+            let role = match kind {
+                "data" => m.data[1],
+                "P" => m.p,
+                _ => m.q.unwrap(),
+            };
+            let at = (1 << 20) + row as usize * chunk + 8192;
+            let mut img = std::fs::read(&paths[role]).unwrap();
+            img[at + 17] ^= 0xa5;
+            img[at + 4000] ^= 0x3c;
+            std::fs::write(&paths[role], &img).unwrap();
+            hits.push((role, kind, at as u64));
+        }
+        let arr = Array::open(&paths, &Overrides::default()).unwrap();
+        let rep = arr.verify(&|_| {}).unwrap();
+        assert_eq!(rep.mismatches.len(), 3);
+        let fixed = arr.repair(&rep.mismatches).unwrap();
+        assert_eq!(fixed.unrepairable, 0);
+        let mut got: Vec<(usize, &str, u64)> = fixed
+            .repaired
+            .iter()
+            .map(|r| (r.role, r.kind, r.device_offset))
+            .collect();
+        got.sort();
+        hits.sort();
+        assert_eq!(got, hits);
+        for (p, orig) in paths.iter().zip(&pristine) {
+            assert!(
+                std::fs::read(p).unwrap() == *orig,
+                "{} restored",
+                p.display()
+            );
+        }
+        assert!(arr.verify(&|_| {}).unwrap().mismatches.is_empty());
+        // A second repair with the old report finds the pages consistent and writes nothing.
+        assert!(arr.repair(&rep.mismatches).unwrap().repaired.is_empty());
+
+        // RAID5 cannot tell which member is wrong: nothing is written.
+        let d5 = tempfile::tempdir().unwrap();
+        let p5 = synth(d5.path(), 5, 2, 4, chunk, rows, &data[..rows * 3 * chunk]);
+        let mut img = std::fs::read(&p5[2]).unwrap();
+        img[(1 << 20) + chunk + 100] ^= 1;
+        std::fs::write(&p5[2], &img).unwrap();
+        let arr5 = Array::open(&p5, &Overrides::default()).unwrap();
+        let rep5 = arr5.verify(&|_| {}).unwrap();
+        assert_eq!(rep5.mismatches.len(), 1);
+        let r5 = arr5.repair(&rep5.mismatches).unwrap();
+        assert!(r5.repaired.is_empty());
+        assert_eq!(r5.unrepairable, 1);
+        assert_eq!(std::fs::read(&p5[2]).unwrap(), img);
     }
 
     #[test]
