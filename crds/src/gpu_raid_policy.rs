@@ -139,13 +139,13 @@ pub struct PolicyNodeStatus {
     pub last_verify: Option<VerifyResult>,
 }
 
-/// One parity verify of an MD array by the engine (the array read-only while it ran).
+/// One parity verify of an MD array or LVM raid LV by the engine (read-only while it ran).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyResult {
     /// When it finished (RFC 3339).
     pub time: String,
-    /// The StoragePool of the array.
+    /// The StoragePool of the array (`POOL` for MD, `POOL: VG/LV` for an LVM raid LV).
     pub pool: String,
     /// Engine backend that computed the parity (`gfni-avx512`, `avx2`, `scalar`, `cuda`, ...).
     pub backend: String,

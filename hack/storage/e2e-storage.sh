@@ -247,6 +247,22 @@ check "repair: exactly one page rewritten, on /dev/vdd, consistent afterwards (e
 check "repair: exit 0" rc_is verify-repair 0
 check "repair: the page on /dev/vdd holds the bytes it had before the corruption" grep -qx same "$WORK/out/verify-repair-page.out"
 check "repair: a fresh verify finds the array consistent" py verify-after-repair 'd["mismatches"] == 0'
+check "lvm verify: raid6 4+2 and raid5 3+1 LVs consistent after their sync (exit 0)" \
+  python3 -c "
+import json; v=json.load(open('$WORK/out/verify-lvm-clean.json'))
+assert [(o['array'], o['code'], o['mismatches']) for o in v] == [('tvg/r6', 'raid6 4+2', 0), ('tvg/r5', 'raid5 3+1', 0)], v
+assert all(o['stripes'] > 0 and o['gbPerSecond'] > 0 for o in v), v"
+check "lvm verify: exit 0" rc_is verify-lvm-clean 0
+check "lvm repair: the page overwritten on r6's rimage_2 is found, blamed on that leg, rewritten; r6 consistent after" \
+  python3 -c "
+import json; v=json.load(open('$WORK/out/verify-lvm-repair.json'))
+r6=v[0]
+assert r6['mismatches'] == 1 and r6['blamed'] == ['/dev/mapper/tvg-r6_rimage_2'], r6
+assert len(r6['repaired']) == 1 and r6['repaired'][0].startswith('/dev/mapper/tvg-r6_rimage_2@') and r6['mismatchesAfterRepair'] == 0, r6
+assert v[1]['mismatches'] == 0, v[1]"
+check "lvm repair: exit 0" rc_is verify-lvm-repair 0
+check "lvm repair: the leg's page holds its bytes from before" grep -qx same "$WORK/out/verify-lvm-repair-page.out"
+check "lvm verify: r6 is writeable again afterwards (lv_attr w)" grep -q '^ *rw' "$WORK/out/verify-lvm-attr.out"
 check "destroy: a Retain manifest is refused (exit 3), the array stays" rc_is destroy-retain-md 3
 check "destroy: ... and mdadm still sees /dev/md/data" rc_is destroy-retain-md-still-there 0
 for b in md lvm zfs; do

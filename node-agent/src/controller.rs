@@ -475,88 +475,101 @@ pub async fn run_verify_jobs(
         if !due {
             continue;
         }
+        let repair = p.spec.repair_mismatches.unwrap_or(false);
         for pool in my_pools(client, &cfg.node_name).await? {
-            let Some(spec) = pool
-                .spec
-                .md
-                .as_ref()
-                .filter(|_| pool.metadata.deletion_timestamp.is_none())
-            else {
+            if pool.metadata.deletion_timestamp.is_some() {
                 continue;
-            };
-            info!(policy = %pname, pool = %pool.name_any(), "verifySchedule fired: parity verify");
-            let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let repair = p.spec.repair_mismatches.unwrap_or(false);
-            let (last, row, draft) = match crate::verify::verify_md(r, spec, cfg.dry_run, repair) {
-                Ok(o) => (
-                    {
-                        let mut v = json!({"time": now, "pool": pool.name_any(), "backend": o.backend, "stripes": o.stripes,
-                               "mismatches": o.mismatches, "gbPerSecond": o.gb_per_second});
-                        if let Some(after) = o.mismatches_after_repair {
-                            v["repaired"] = json!(o.repaired);
-                            v["mismatchesAfterRepair"] = json!(after);
-                        }
-                        v
-                    },
-                    Some(
-                        json!({"nodeName": cfg.node_name, "backend": o.backend, "code": o.code,
-                                "gbPerSecond": o.gb_per_second}),
-                    ),
-                    if o.mismatches == 0 {
-                        (
-                            false,
-                            "ParityVerified".to_string(),
-                            format!(
-                                "{} {}: {} stripes consistent, {:.2} GB/s ({})",
-                                o.array, o.code, o.stripes, o.gb_per_second, o.backend
-                            ),
-                        )
-                    } else if o.mismatches_after_repair == Some(0) {
-                        (
-                            true,
-                            "ParityRepaired".to_string(),
-                            format!(
-                                "{} {}: {} inconsistent 4 KiB pages rewritten from parity ({}); consistent now",
-                                o.array,
-                                o.code,
-                                o.repaired.len(),
-                                o.repaired.join(", ")
-                            ),
-                        )
-                    } else {
-                        (
-                            true,
-                            "ParityMismatch".to_string(),
-                            format!(
-                                "{} {}: {} inconsistent 4 KiB pages in {} stripes; blamed: {:?}",
-                                o.array, o.code, o.mismatches, o.stripes, o.blamed
-                            ),
-                        )
-                    },
-                ),
-                Err(e) => (
-                    json!({"time": now, "pool": pool.name_any(), "backend": "", "stripes": 0,
-                           "mismatches": 0, "gbPerSecond": 0.0, "error": e.to_string()}),
-                    None,
-                    (true, "ParityVerifyFailed".to_string(), e.to_string()),
-                ),
-            };
-            let mut st = json!({"nodes": [{"nodeName": cfg.node_name, "applied": true, "lastVerify": last}]});
-            if let Some(row) = row {
-                st["throughput"] = json!([row]);
             }
-            let patch = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy", "status": st});
-            api.patch_status(
-                &pname,
-                &PatchParams::apply(&manager).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(kube_err)?;
-            // Every verify is news (a schedule fired): forget the last reason first.
-            let subject = format!("verify/{}", pool.name_any());
-            state.last_event.remove(&subject);
-            event_on_change(client, state, subject, &pool.object_ref(&()), Some(draft)).await;
+            let outcomes: Vec<Result<crate::verify::VerifyOutcome>> =
+                if let Some(spec) = &pool.spec.md {
+                    vec![crate::verify::verify_md(r, spec, cfg.dry_run, repair)]
+                } else if let Some(spec) = &pool.spec.lvm {
+                    match crate::verify::verify_lvm(r, spec, cfg.dry_run, repair) {
+                        Ok(v) => v.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e)],
+                    }
+                } else {
+                    continue;
+                };
+            for outcome in outcomes {
+                info!(policy = %pname, pool = %pool.name_any(), "verifySchedule fired: parity verify");
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let (last, row, draft) = match outcome {
+                    Ok(o) => (
+                        {
+                            let label = if pool.spec.lvm.is_some() {
+                                format!("{}: {}", pool.name_any(), o.array)
+                            } else {
+                                pool.name_any()
+                            };
+                            let mut v = json!({"time": now, "pool": label, "backend": o.backend, "stripes": o.stripes,
+                               "mismatches": o.mismatches, "gbPerSecond": o.gb_per_second});
+                            if let Some(after) = o.mismatches_after_repair {
+                                v["repaired"] = json!(o.repaired);
+                                v["mismatchesAfterRepair"] = json!(after);
+                            }
+                            v
+                        },
+                        Some(
+                            json!({"nodeName": cfg.node_name, "backend": o.backend, "code": o.code,
+                                "gbPerSecond": o.gb_per_second}),
+                        ),
+                        if o.mismatches == 0 {
+                            (
+                                false,
+                                "ParityVerified".to_string(),
+                                format!(
+                                    "{} {}: {} stripes consistent, {:.2} GB/s ({})",
+                                    o.array, o.code, o.stripes, o.gb_per_second, o.backend
+                                ),
+                            )
+                        } else if o.mismatches_after_repair == Some(0) {
+                            (
+                                true,
+                                "ParityRepaired".to_string(),
+                                format!(
+                                    "{} {}: {} inconsistent 4 KiB pages rewritten from parity ({}); consistent now",
+                                    o.array,
+                                    o.code,
+                                    o.repaired.len(),
+                                    o.repaired.join(", ")
+                                ),
+                            )
+                        } else {
+                            (
+                                true,
+                                "ParityMismatch".to_string(),
+                                format!(
+                                    "{} {}: {} inconsistent 4 KiB pages in {} stripes; blamed: {:?}",
+                                    o.array, o.code, o.mismatches, o.stripes, o.blamed
+                                ),
+                            )
+                        },
+                    ),
+                    Err(e) => (
+                        json!({"time": now, "pool": pool.name_any(), "backend": "", "stripes": 0,
+                           "mismatches": 0, "gbPerSecond": 0.0, "error": e.to_string()}),
+                        None,
+                        (true, "ParityVerifyFailed".to_string(), e.to_string()),
+                    ),
+                };
+                let mut st = json!({"nodes": [{"nodeName": cfg.node_name, "applied": true, "lastVerify": last}]});
+                if let Some(row) = row {
+                    st["throughput"] = json!([row]);
+                }
+                let patch = json!({"apiVersion": "tessera.dev/v1alpha1", "kind": "GpuRaidPolicy", "status": st});
+                api.patch_status(
+                    &pname,
+                    &PatchParams::apply(&manager).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map_err(kube_err)?;
+                // Every verify is news (a schedule fired): forget the last reason first.
+                let subject = format!("verify/{}", pool.name_any());
+                state.last_event.remove(&subject);
+                event_on_change(client, state, subject, &pool.object_ref(&()), Some(draft)).await;
+            }
         }
     }
     Ok(())

@@ -63,11 +63,12 @@ enum Cmd {
         #[arg(long)]
         status_out: Option<PathBuf>,
     },
-    /// Verify the parity of one MD StoragePool (a YAML file) with the Tessera parity engine: the
-    /// array is put read-only while its members are read (not with --dry-run). Exit 0 consistent
+    /// Verify the parity of one MD StoragePool, or of the raid5/raid6 LVs of an LVM one (a YAML
+    /// file), with the Tessera parity engine: the array (LV) is put read-only while its members
+    /// are read (not with --dry-run). Exit 0 consistent
     /// (after the repair, with --repair), 1 inconsistent pages left, 2 error.
     Verify {
-        /// The StoragePool manifest (backend md).
+        /// The StoragePool manifest (backend md or lvm).
         #[arg(long)]
         pool: PathBuf,
         /// Leave the array read-write (reading changes nothing; writes during the check may then
@@ -111,6 +112,33 @@ fn load_pool(path: &std::path::Path) -> Result<tessera_crds::StoragePool, String
 }
 
 /// Write `v` as pretty JSON to `path` when one was given (`--status-out`).
+fn print_verify(o: &tessera_node_agent::verify::VerifyOutcome) {
+    println!(
+        "{} {} ({}): {} stripes, {} inconsistent 4 KiB pages{}, {:.3} GB/s in {:.2} s",
+        o.array,
+        o.code,
+        o.backend,
+        o.stripes,
+        o.mismatches,
+        if o.blamed.is_empty() {
+            String::new()
+        } else {
+            format!(" (blamed: {})", o.blamed.join(", "))
+        },
+        o.gb_per_second,
+        o.seconds
+    );
+    for p in &o.repaired {
+        println!("repaired {p}");
+    }
+    if let Some(left) = o.mismatches_after_repair {
+        println!(
+            "after the repair: {left} inconsistent pages ({} not attributable to one member)",
+            o.unrepairable
+        );
+    }
+}
+
 fn write_json(path: Option<&std::path::Path>, v: &impl serde::Serialize) -> Result<(), String> {
     let Some(p) = path else { return Ok(()) };
     let bytes = serde_json::to_vec_pretty(v).map_err(|e| e.to_string())?;
@@ -241,39 +269,31 @@ fn main() -> ExitCode {
             status_out,
         } => (|| {
             let sp = load_pool(&pool)?;
-            let spec = sp
-                .spec
-                .md
-                .as_ref()
-                .ok_or_else(|| format!("{}: verify needs an md pool", pool.display()))?;
-            let o = tessera_node_agent::verify::verify_md(&r, spec, dry_run, repair)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "{} {} ({}): {} stripes, {} inconsistent 4 KiB pages{}, {:.3} GB/s in {:.2} s",
-                o.array,
-                o.code,
-                o.backend,
-                o.stripes,
-                o.mismatches,
-                if o.blamed.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (blamed: {})", o.blamed.join(", "))
-                },
-                o.gb_per_second,
-                o.seconds
-            );
-            for p in &o.repaired {
-                println!("repaired {p}");
-            }
-            if let Some(left) = o.mismatches_after_repair {
-                println!(
-                    "after the repair: {left} inconsistent pages ({} not attributable to one member)",
-                    o.unrepairable
-                );
-            }
-            write_json(status_out.as_deref(), &o)?;
-            let left = o.mismatches_after_repair.unwrap_or(o.mismatches);
+            use tessera_node_agent::verify;
+            // MD: one outcome (a JSON object); LVM: one per raid5/raid6 LV (a JSON array).
+            let outcomes = if let Some(spec) = &sp.spec.md {
+                let o = verify::verify_md(&r, spec, dry_run, repair).map_err(|e| e.to_string())?;
+                print_verify(&o);
+                write_json(status_out.as_deref(), &o)?;
+                vec![o]
+            } else if let Some(spec) = &sp.spec.lvm {
+                let v = verify::verify_lvm(&r, spec, dry_run, repair).map_err(|e| e.to_string())?;
+                if v.is_empty() {
+                    return Err(format!("{}: no raid5/raid6 LV to verify", pool.display()));
+                }
+                v.iter().for_each(print_verify);
+                write_json(status_out.as_deref(), &v)?;
+                v
+            } else {
+                return Err(format!(
+                    "{}: verify needs an md pool or an lvm pool with raid5/raid6 LVs",
+                    pool.display()
+                ));
+            };
+            let left: u64 = outcomes
+                .iter()
+                .map(|o| o.mismatches_after_repair.unwrap_or(o.mismatches))
+                .sum();
             Ok(if left == 0 { 0 } else { 1 })
         })(),
         Cmd::Apply {
