@@ -433,14 +433,17 @@ fn one_row(
         Some(l) => case.code.decoder(l)?,
         None => None,
     };
-    // CPU and auto on pageable buffers, CPU and auto on the pinned shards, paired: one call of
-    // each per round, many rounds (>= 30 calls and ~4 GiB of data each), median call of each;
-    // so all four see the same machine state, and auto is compared with the very code it
-    // routes to on the very same buffers (CPU rebuilds write into `work` as auto does). The
-    // order rotates from round to round. Median, not best: with all 16 threads, the best of
-    // 300 calls of ~100 us of the very same CPU code differed by up to 23% between two series
-    // (a rare lucky call), the medians by 3% (`--gpu-explore`'s dispatch check); routing adds
-    // 0.3 us per call.
+    // CPU and auto on pageable buffers, CPU and auto on the pinned shards, in rounds of one
+    // block of 10 calls in a row of each (block order rotating, a block's first call not
+    // counted; >= 30 calls and ~4 GiB of data each), median call of each; so all four see the
+    // same machine state, and auto is compared with the very code it routes to on the very same
+    // buffers (CPU rebuilds write into `work` as auto does). The calibration measures the same
+    // way. Median, not best: with all 16 threads, the best of 300 calls of ~100 us of the very
+    // same CPU code differed by up to 23% between two series (a rare lucky call), the medians
+    // by 3% (`--gpu-explore`'s dispatch check); routing adds 0.3 us per call. Blocks, not
+    // single calls in turn: a zero-copy call right after a CPU call on the same shards finds
+    // them in the CPU's caches (half the rate at 1 MiB, 16 threads); in a block it runs as the
+    // `pinned` column does.
     let work = RefCell::new(shards.clone());
     let out = RefCell::new(out);
     let ps = RefCell::new(ps);
@@ -468,7 +471,8 @@ fn one_row(
         Ok(())
     };
     let t = paired(
-        samples,
+        samples.div_ceil(10),
+        10,
         &mut [&mut cpu_f, &mut auto_f, &mut cpup_f, &mut autop_f],
         true,
     )?;
@@ -518,24 +522,34 @@ fn one_row(
     })
 }
 
-/// Best and median seconds of each of `fns` over `samples` rounds of one call each, after a
-/// warm-up round (decoder cache, page faults); `rotate`: round r starts with `fns[r % n]`, so
-/// that no call always follows the same one.
+/// Best and median seconds per call of each of `fns`: `rounds` rounds, each running every
+/// function `block` times in a row (with `block` > 1 one more call first, not counted: the
+/// warm-up, and the one that finds the previous function's traces in the caches); `rotate`:
+/// round r starts with `fns[r % n]`, so that no function always follows the same one. The
+/// first round (block 1) or the uncounted first calls also cover the warm-up (decoder cache,
+/// page faults).
 fn paired(
-    samples: usize,
+    rounds: usize,
+    block: usize,
     fns: Step2<'_, '_>,
     rotate: bool,
 ) -> Result<Vec<(f64, f64)>, ParityError> {
     let n = fns.len();
-    let mut all: Vec<Vec<f64>> = vec![Vec::with_capacity(samples); n];
-    for r in 0..=samples {
+    let mut all: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * block); n];
+    let first = usize::from(block == 1);
+    for r in 0..rounds + first {
         for j in 0..n {
             let i = if rotate { (r + j) % n } else { j };
-            let t = Instant::now();
-            (fns[i])()?;
-            let dt = t.elapsed().as_secs_f64();
-            if r > 0 {
-                all[i].push(dt);
+            if block > 1 {
+                (fns[i])()?;
+            }
+            for _ in 0..block {
+                let t = Instant::now();
+                (fns[i])()?;
+                let dt = t.elapsed().as_secs_f64();
+                if r >= first {
+                    all[i].push(dt);
+                }
             }
         }
     }
@@ -636,7 +650,7 @@ pub fn render(r: &GpuReport) -> String {
          pinned = run_pinned, zero-copy on engine-allocated pinned shards, vs h2d (pinned H2D);\n\
          xN = run_pinned_many, N such stripes per call in one pipeline, vs h2d\n\
          cpu = CPU engine, all threads, pageable buffers; cpuP = the same on the pinned shards\n\
-         (cpu, cpuP, auto, autoP: median call, the four in turn; all other host columns: best of 3 rounds)\n\
+         (cpu, cpuP, auto, autoP: median call, blocks of 10 in turn; all other host columns: best of 3 rounds)\n\
          auto = Engine on pageable buffers, /best = auto / max(cpu, pageable);\n\
          autoP = Engine on engine-allocated pinned shards, /best = autoP / max(cpuP, pinned)\n",
         r.gpu, r.driver, r.cpu_threads
@@ -809,8 +823,7 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
     }
     s += "pinned path: data GB/s by schedule, vs pinned H2D of the same bytes (h2d: back-to-back copies;\n\
           h2d1: one copy per synchronised call; duplex: the data H2D with the parity D2H beside it on another stream, per call)\n\
-          schedule: <chunk>[/t<tail>] flow = events (H2D, kernels, D2H each on one stream), lanes = the previous pipeline;\n\
-          direct = the kernel reads and writes the mapped pinned shards itself (no copies)\n";
+          schedule: <chunk per shard>[/t<tail>: the last chunks halve down to this]\n";
     for case in all.iter().filter(|c| c.lost.is_none()) {
         let kd = k_of(case);
         for &shard in shard_sizes {
@@ -830,22 +843,16 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                 h2d / duplex,
             );
             let def = CudaParity::pinned_chunk(shard, usize::MAX);
-            let sc = |chunk: usize, tail: usize, lanes: bool| Schedule {
+            let sc = |chunk: usize, tail: usize| Schedule {
                 chunk: Some(chunk),
                 tail,
-                lanes,
             };
-            let mut scheds = vec![
-                ("default".to_string(), Schedule::DEFAULT),
-                ("lanes".into(), sc(def, 0, true)),
-                ("lanes".into(), sc(def, 64 << 10, true)),
-                ("flow".into(), sc(def, 0, false)),
-            ];
-            for tail in [256usize << 10, 128 << 10, 64 << 10, 32 << 10] {
-                scheds.push(("flow".into(), sc(def, tail, false)));
+            let mut scheds = vec![("default", Schedule::DEFAULT), ("", sc(def, 0))];
+            for tail in [256usize << 10, 128 << 10, 32 << 10] {
+                scheds.push(("", sc(def, tail)));
             }
             for div in [4usize, 8] {
-                scheds.push(("flow".into(), sc(shard / div, 64 << 10, false)));
+                scheds.push(("", sc(shard / div, 64 << 10)));
             }
             for (name, sched) in scheds {
                 let t = best_of(
@@ -869,7 +876,8 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     .all(|&d| ps.shard(d).is_ok_and(|x| x == shards[d].as_slice()));
                 let chunk = sched.chunk.unwrap_or(def);
                 line += &format!(
-                    " {name}:{}{} {:.1}={:.2}{}",
+                    " {name}{}{}{} {:.1}={:.2}{}",
+                    if name.is_empty() { "" } else { ":" },
                     size_label(chunk),
                     if sched.tail > 0 {
                         format!("/t{}", size_label(sched.tail))
@@ -881,31 +889,10 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     if ok { "" } else { " BAD" }
                 );
             }
-            for d in dst_idx.iter() {
-                ps.shard_mut(*d)?.fill(0);
-            }
-            let t = best_of(
-                3,
-                10,
-                &mut || gpu.run_direct(&[&job], &mut [&mut ps], &src_idx, &dst_idx),
-                &mut || Ok(()),
-            )?;
-            let ok = dst_idx
-                .iter()
-                .all(|&d| ps.shard(d).is_ok_and(|x| x == shards[d].as_slice()));
-            line += &format!(
-                " direct {:.1}={:.2}{}",
-                data_bytes as f64 / t / 1e9,
-                h2d / t,
-                if ok { "" } else { " BAD" }
-            );
             s += &line;
             s += "\n";
             if shard <= 4 << 20 && matches!(job, Job::Matrix { .. }) {
-                for (name, sched) in [
-                    ("lanes (previous default)", sc(def, 0, true)),
-                    ("default", Schedule::DEFAULT),
-                ] {
+                for (name, sched) in [("default", Schedule::DEFAULT), ("uniform", sc(def, 0))] {
                     s += &trace_call(&gpu, &job, &mut ps, &src_idx, &dst_idx, sched, name)?;
                 }
             }
@@ -946,9 +933,9 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     || cpu_call(case, dec.as_ref(), &srcs, &src_idx, &dst_idx, &work, &out);
                 let mut a = || auto_call(&engine, case, &srcs, &work, &out).map(|_| ());
                 let t = if aa {
-                    paired(samples, &mut [&mut c1, &mut c2], rotate)?
+                    paired(samples, 1, &mut [&mut c1, &mut c2], rotate)?
                 } else {
-                    paired(samples, &mut [&mut c1, &mut a], rotate)?
+                    paired(samples, 1, &mut [&mut c1, &mut a], rotate)?
                 };
                 line += &format!(
                     "  {name}: best {:.0}/{:.0}={:.2} med {:.0}/{:.0}={:.2}",

@@ -537,9 +537,6 @@ pub struct Schedule {
     /// that little is left to compute and copy back after its last byte has arrived (0:
     /// chunks of equal size).
     pub tail: usize,
-    /// The previous pipeline, one stream per lane doing H2D, kernel and D2H of its chunks,
-    /// the host waiting for a lane before reusing it (comparison in the tuning sweep).
-    pub lanes: bool,
 }
 
 impl Schedule {
@@ -547,7 +544,6 @@ impl Schedule {
     pub const DEFAULT: Schedule = Schedule {
         chunk: None,
         tail: 64 << 10,
-        lanes: false,
     };
 }
 
@@ -873,11 +869,7 @@ impl CudaParity {
             cstride,
             tail: sched.tail,
         };
-        let result = if sched.lanes {
-            self.pipe_lanes(&mut lanes, &pipe, trace)
-        } else {
-            self.pipe_flow(&mut lanes, &pipe, trace)
-        };
+        let result = self.pipe_flow(&mut lanes, &pipe, trace);
         // Always drain the lanes, also after an error: queued copies still use the shards.
         let mut synced = Ok(());
         for l in lanes.iter() {
@@ -888,52 +880,7 @@ impl CudaParity {
         result.and(synced)
     }
 
-    /// Zero-copy by direct access (tuning comparison): one launch per stripe whose kernel reads
-    /// the sources from the pinned shards and writes the outputs into them over the bus
-    /// (page-locked memory is mapped into the device's address space), no copies at all.
-    pub fn run_direct(
-        &self,
-        jobs: &[&Job],
-        stripes: &mut [&mut HostShards],
-        src_idx: &[usize],
-        dst_idx: &[usize],
-    ) -> Result<(), ParityError> {
-        check_pinned(jobs, stripes, src_idx, dst_idx)?;
-        let hosts = pinned_hosts(stripes)?;
-        let lanes = self
-            .lanes
-            .lock()
-            .map_err(|_| ParityError::Gpu("staging lock poisoned".into()))?;
-        let stream = &lanes[0].stream;
-        self.ctx.bind_to_thread().map_err(cu)?;
-        let result = (|| {
-            for (si, &(hp, st, len)) in hosts.iter().enumerate() {
-                let job = jobs.get(si).unwrap_or(&jobs[0]);
-                let mut base: u64 = 0;
-                // SAFETY: hp is the start of a live page-locked allocation of this context.
-                unsafe {
-                    cudarc::driver::sys::cuMemHostGetDevicePointer_v2(
-                        &mut base,
-                        hp as *mut std::ffi::c_void,
-                        0,
-                    )
-                }
-                .result()
-                .map_err(cu)?;
-                let sp: Vec<u64> = src_idx.iter().map(|&i| base + (i * st) as u64).collect();
-                let dp: Vec<u64> = dst_idx.iter().map(|&i| base + (i * st) as u64).collect();
-                // SAFETY: rows inside the stripe's mapped buffer (indices checked, len <= stride),
-                // outputs disjoint from sources (checked); synchronised below while the stripes
-                // stay mutably borrowed.
-                unsafe { self.launch_raw(job, &sp, &dp, len, stream)? };
-            }
-            Ok(())
-        })();
-        let synced = stream.synchronize().map_err(cu);
-        result.and(synced)
-    }
-
-    /// The zero-copy pipeline ordered by events (the default): H2D copies on lane 0's stream,
+    /// The zero-copy pipeline, ordered by events: H2D copies on lane 0's stream,
     /// back to back; kernels on lane 1's, each after its chunk's H2D; D2H copies on lane 2's,
     /// each after its kernel. Chunk c uses device slot c % 3 (the lanes' buffers), whose
     /// previous chunk's D2H the H2D stream waits for on the GPU: the host never blocks.
@@ -991,52 +938,6 @@ impl CudaParity {
                     slot.done[2].record(s_out).map_err(cu)?;
                     if let Some(t) = trace.as_deref_mut() {
                         t.mark(s_out, c, 3, n)?;
-                    }
-                }
-                c += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// The previous zero-copy pipeline (tuning comparison): chunk c runs H2D, kernel and D2H on
-    /// lane c % 3's stream, and the host waits for a lane before reusing its buffer.
-    fn pipe_lanes(
-        &self,
-        lanes: &mut [Lane],
-        p: &Pipe<'_>,
-        mut trace: Option<&mut Trace>,
-    ) -> Result<(), ParityError> {
-        let nl = lanes.len();
-        let bases = lane_bases(lanes)?;
-        if let Some(t) = trace.as_deref_mut() {
-            t.mark(&lanes[0].stream, 0, 0, 0)?;
-        }
-        let (mut sp, mut dp) = (vec![0u64; p.k], vec![0u64; p.m]);
-        let mut c = 0usize;
-        for (si, &(hp, st, len)) in p.hosts.iter().enumerate() {
-            let job = p.jobs.get(si).unwrap_or(&p.jobs[0]);
-            let tail = if si + 1 == p.hosts.len() { p.tail } else { 0 };
-            for (off, n) in chunk_schedule(len, p.chunk, tail) {
-                let stream = &lanes[c % nl].stream;
-                // The lane's device buffer is reused: its previous chunk must be done.
-                if c >= nl {
-                    stream.synchronize().map_err(cu)?;
-                }
-                p.slot_ptrs(bases[c % nl], &mut sp, &mut dp);
-                // SAFETY: as in pipe_flow; the lane's previous chunk is complete (synchronised).
-                unsafe {
-                    p.copy(true, (hp, st), (off, n), &sp, stream)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        t.mark(stream, c, 1, n)?;
-                    }
-                    self.launch_raw(job, &sp, &dp, n, stream)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        t.mark(stream, c, 2, n)?;
-                    }
-                    p.copy(false, (hp, st), (off, n), &dp, stream)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        t.mark(stream, c, 3, n)?;
                     }
                 }
                 c += 1;

@@ -232,7 +232,11 @@ impl Plan {
     /// plain preload; the first two with select transposes and programmatic dependent launch.
     /// Measured on an H200 (`bench --gpu [--gpu-explore]`, 2026-11-22), RS 10+4 encode vs d2d:
     /// 1 MiB 0.64-0.76 (split 2, before) -> 0.87-0.95, 4 MiB 0.79 -> 1.04, 64 MiB 0.90 -> 0.98;
-    /// 10+2 decode at 1 MiB 0.80-0.86 -> 0.87-1.04. Other kernels run the plain plan.
+    /// 10+2 decode at 1 MiB 0.80-0.86 -> 0.87-1.04. P+Q and XOR run the plain kernel with
+    /// programmatic dependent launch (the next launch is set up while this one drains): at
+    /// 1 MiB, P+Q 16+2 0.94 -> 1.17-1.23, 8+2 1.02 -> 1.23-1.29, XOR 8+1 0.95-1.07 -> 1.19-1.23
+    /// (GPU time in a CUDA graph 3.72 -> 3.47 us against 3.44 us for the copy, 16+2); released
+    /// at the start instead (`early`) it measured the same or worse.
     pub fn choose(job: &Job, len: usize, sms: u32) -> Plan {
         let units = len / 32;
         match job {
@@ -917,6 +921,14 @@ mod tests {
         let big = Plan::choose(&job, 64 << 20, 132);
         assert!(big.preload && big.fence && !big.stage && big.split == 1);
         assert_eq!(Plan::choose(&Job::Pq { k: 16 }, 1 << 20, 132).split, 1);
+        // P+Q and XOR launch with programmatic dependent launch, released at the end
+        for j in [Job::Pq { k: 16 }, Job::Xor { k: 8 }] {
+            let p = Plan::choose(&j, 1 << 20, 132);
+            assert!(p.pdl && !p.early);
+            let src = j.source_with(p);
+            assert!(src.contains("#define PDL 1") && src.contains("#define EARLY 0"));
+            assert!(src.contains("  pdl_start();") && src.contains("  pdl_end();"));
+        }
     }
 
     #[test]
