@@ -522,12 +522,14 @@ fn one_row(
     })
 }
 
-/// Best and median seconds per call of each of `fns`: `rounds` rounds, each running every
-/// function `block` times in a row (with `block` > 1 one more call first, not counted: the
-/// warm-up, and the one that finds the previous function's traces in the caches); `rotate`:
-/// round r starts with `fns[r % n]`, so that no function always follows the same one. The
-/// first round (block 1) or the uncounted first calls also cover the warm-up (decoder cache,
-/// page faults).
+/// Best and median seconds per call of each of `fns`: `rounds` rounds (with `rotate`, made a
+/// multiple of the number of functions), each running every function `block` times in a row
+/// (with `block` > 1 one more call first, not counted: the warm-up, and the one that finds the
+/// previous function's traces in the caches). `rotate`: the order of round r is row r of a
+/// balanced Latin square, so that every function starts a round and follows every other one
+/// equally often (in a fixed or merely rotated order, one function always followed the same
+/// other one). The first round (block 1) or the uncounted first calls also cover the warm-up
+/// (decoder cache, page faults).
 fn paired(
     rounds: usize,
     block: usize,
@@ -535,11 +537,16 @@ fn paired(
     rotate: bool,
 ) -> Result<Vec<(f64, f64)>, ParityError> {
     let n = fns.len();
+    let rounds = if rotate {
+        rounds.next_multiple_of(n.max(1))
+    } else {
+        rounds
+    };
     let mut all: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * block); n];
     let first = usize::from(block == 1);
     for r in 0..rounds + first {
         for j in 0..n {
-            let i = if rotate { (r + j) % n } else { j };
+            let i = if rotate { super::latin(n, r, j) } else { j };
             if block > 1 {
                 (fns[i])()?;
             }

@@ -383,8 +383,8 @@ impl Calibration {
     /// Measures CPU (all rayon threads) and both GPU host paths (pageable buffers, pinned
     /// shards), each against the CPU on the same kind of buffer, on a small fixed set of shapes:
     /// xor 8+1, pq 8+2, matrix 10x4 at [`CALIBRATION_SHARDS`]. The four are timed in blocks
-    /// of calls in a row (a block's first call not counted), the blocks in rotating order (24
-    /// calls of each up to 1 MiB, 9 above), and the median call of each is kept: the same method
+    /// of calls in a row (a block's first call not counted), the blocks in a balanced order (24
+    /// calls of each up to 1 MiB, 8 above), and the median call of each is kept: the same method
     /// as the bench, so that routing and bench agree near the crossover. Median: the best call
     /// of an all-thread CPU call of ~100 us is a rare lucky one (two series of the very same
     /// call differed by up to 23% by best call, 3% by median; H200 host, 16 threads). Blocks:
@@ -430,8 +430,8 @@ impl Calibration {
                 }
                 let srcs: Vec<&[u8]> = data.iter().map(|v| &v[..shard]).collect();
                 let mut times: [Vec<f64>; 4] = Default::default();
-                // (rounds, counted calls per block): 24 calls of each path up to 1 MiB, 9 above
-                let (rounds, block) = if shard <= 1 << 20 { (4, 6) } else { (3, 3) };
+                // (rounds, counted calls per block): 24 calls of each path up to 1 MiB, 8 above
+                let (rounds, block) = if shard <= 1 << 20 { (4, 6) } else { (4, 2) };
                 let mut call = |path: usize| -> Result<f64, ParityError> {
                     time1(&mut || match path {
                         0 => {
@@ -453,7 +453,7 @@ impl Calibration {
                 };
                 for round in 0..rounds {
                     for j in 0..4 {
-                        let path = (round + j) % 4;
+                        let path = latin(4, round, j);
                         // the first call of a block (warm-up, compile, the previous path's
                         // traces in the caches) is not counted
                         call(path)?;
@@ -484,6 +484,14 @@ impl Calibration {
             points,
         })
     }
+}
+
+/// Entry j of row r of a balanced Latin square of order n (Williams design: row r is r plus
+/// the offsets 0, 1, n-1, 2, n-2, ... mod n); for even n, over n rows every element comes
+/// first once and right after every other element exactly once.
+pub(crate) fn latin(n: usize, r: usize, j: usize) -> usize {
+    let off = if j % 2 == 1 { j.div_ceil(2) } else { n - j / 2 };
+    (r + off) % n
 }
 
 /// A code the engine runs: the CPU codec, from which the GPU job is derived.
@@ -1097,6 +1105,32 @@ mod tests {
                 v
             })
             .collect()
+    }
+
+    /// The order of the paired rounds: every row a permutation, every function first once and
+    /// right after every other one exactly once per n rows (n even).
+    #[test]
+    fn latin_square_is_balanced() {
+        for n in [2usize, 4, 6] {
+            let mut follows = vec![vec![0; n]; n];
+            let mut firsts = vec![0; n];
+            for r in 0..n {
+                let row: Vec<usize> = (0..n).map(|j| latin(n, r, j)).collect();
+                let mut seen = row.clone();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n={n} row {row:?}");
+                firsts[row[0]] += 1;
+                for w in row.windows(2) {
+                    follows[w[1]][w[0]] += 1;
+                }
+            }
+            assert!(firsts.iter().all(|&f| f == 1), "n={n}");
+            for (a, row) in follows.iter().enumerate() {
+                for (b, &c) in row.iter().enumerate() {
+                    assert_eq!(c, usize::from(a != b), "n={n} {a} after {b}");
+                }
+            }
+        }
     }
 
     #[test]
