@@ -434,16 +434,18 @@ fn one_row(
         None => None,
     };
     // CPU and auto on pageable buffers, CPU and auto on the pinned shards, in rounds of one
-    // block of 10 calls in a row of each (block order rotating, a block's first call not
-    // counted; >= 30 calls and ~4 GiB of data each), median call of each; so all four see the
-    // same machine state, and auto is compared with the very code it routes to on the very same
-    // buffers (CPU rebuilds write into `work` as auto does). The calibration measures the same
-    // way. Median, not best: with all 16 threads, the best of 300 calls of ~100 us of the very
-    // same CPU code differed by up to 23% between two series (a rare lucky call), the medians
-    // by 3% (`--gpu-explore`'s dispatch check); routing adds 0.3 us per call. Blocks, not
-    // single calls in turn: a zero-copy call right after a CPU call on the same shards finds
-    // them in the CPU's caches (half the rate at 1 MiB, 16 threads); in a block it runs as the
-    // `pinned` column does.
+    // counted call of each (>= 30 calls and ~4 GiB of data each; the order of the rounds a
+    // balanced Latin square), each right after an uncounted call of the same function, median
+    // call of each; so all four see the same machine state, and auto is compared with the very
+    // code it routes to on the very same buffers (CPU rebuilds write into `work` as auto
+    // does). The calibration measures the same way. Median, not best: with all 16 threads, the
+    // best of 300 calls of ~100 us of the very same CPU code differed by up to 23% between two
+    // series (a rare lucky call), the medians by 3% (`--gpu-explore`'s dispatch check); routing
+    // adds 0.3 us per call. The uncounted call first: a zero-copy call right after a CPU call
+    // on the same shards finds them in the CPU's caches (half the rate at 1 MiB, 16 threads);
+    // after one of its own it runs as the `pinned` column does. (Blocks of 10 calls in a row
+    // did the same for the GPU but let slow drifts hit one block: identical CPU calls then
+    // differed by up to 7%.)
     let work = RefCell::new(shards.clone());
     let out = RefCell::new(out);
     let ps = RefCell::new(ps);
@@ -471,9 +473,9 @@ fn one_row(
         Ok(())
     };
     let t = paired(
-        samples.div_ceil(10),
-        10,
+        samples,
         &mut [&mut cpu_f, &mut auto_f, &mut cpup_f, &mut autop_f],
+        true,
         true,
     )?;
     let (cpu_s, auto_s, cpup_s, autop_s) = (t[0].1, t[1].1, t[2].1, t[3].1);
@@ -522,19 +524,18 @@ fn one_row(
     })
 }
 
-/// Best and median seconds per call of each of `fns`: `rounds` rounds (with `rotate`, made a
-/// multiple of the number of functions), each running every function `block` times in a row
-/// (with `block` > 1 one more call first, not counted: the warm-up, and the one that finds the
-/// previous function's traces in the caches). `rotate`: the order of round r is row r of a
-/// balanced Latin square, so that every function starts a round and follows every other one
-/// equally often (in a fixed or merely rotated order, one function always followed the same
-/// other one). The first round (block 1) or the uncounted first calls also cover the warm-up
-/// (decoder cache, page faults).
+/// Best and median seconds per call of each of `fns`: `rounds` rounds of one counted call of
+/// each (with `rotate`, a multiple of the number of functions); `warm`: each counted call
+/// right after an uncounted call of the same function, so that it finds the caches as a run
+/// of such calls leaves them, not as the previous function did. `rotate`: the order of round
+/// r is row r of a balanced Latin square, so that every function starts a round and follows
+/// every other one equally often (in a fixed order one function always followed the same
+/// other one). A first, uncounted round covers the warm-up (decoder cache, page faults).
 fn paired(
     rounds: usize,
-    block: usize,
     fns: Step2<'_, '_>,
     rotate: bool,
+    warm: bool,
 ) -> Result<Vec<(f64, f64)>, ParityError> {
     let n = fns.len();
     let rounds = if rotate {
@@ -542,21 +543,18 @@ fn paired(
     } else {
         rounds
     };
-    let mut all: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * block); n];
-    let first = usize::from(block == 1);
-    for r in 0..rounds + first {
+    let mut all: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
+    for r in 0..=rounds {
         for j in 0..n {
             let i = if rotate { super::latin(n, r, j) } else { j };
-            if block > 1 {
+            if warm {
                 (fns[i])()?;
             }
-            for _ in 0..block {
-                let t = Instant::now();
-                (fns[i])()?;
-                let dt = t.elapsed().as_secs_f64();
-                if r >= first {
-                    all[i].push(dt);
-                }
+            let t = Instant::now();
+            (fns[i])()?;
+            let dt = t.elapsed().as_secs_f64();
+            if r > 0 {
+                all[i].push(dt);
             }
         }
     }
@@ -657,7 +655,7 @@ pub fn render(r: &GpuReport) -> String {
          pinned = run_pinned, zero-copy on engine-allocated pinned shards, vs h2d (pinned H2D);\n\
          xN = run_pinned_many, N such stripes per call in one pipeline, vs h2d\n\
          cpu = CPU engine, all threads, pageable buffers; cpuP = the same on the pinned shards\n\
-         (cpu, cpuP, auto, autoP: median call, blocks of 10 in turn; all other host columns: best of 3 rounds)\n\
+         (cpu, cpuP, auto, autoP: median call, in turn, each after one of its own; other host columns: best of 3 rounds)\n\
          auto = Engine on pageable buffers, /best = auto / max(cpu, pageable);\n\
          autoP = Engine on engine-allocated pinned shards, /best = autoP / max(cpuP, pinned)\n",
         r.gpu, r.driver, r.cpu_threads
@@ -940,9 +938,9 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     || cpu_call(case, dec.as_ref(), &srcs, &src_idx, &dst_idx, &work, &out);
                 let mut a = || auto_call(&engine, case, &srcs, &work, &out).map(|_| ());
                 let t = if aa {
-                    paired(samples, 1, &mut [&mut c1, &mut c2], rotate)?
+                    paired(samples, &mut [&mut c1, &mut c2], rotate, false)?
                 } else {
-                    paired(samples, 1, &mut [&mut c1, &mut a], rotate)?
+                    paired(samples, &mut [&mut c1, &mut a], rotate, false)?
                 };
                 line += &format!(
                     "  {name}: best {:.0}/{:.0}={:.2} med {:.0}/{:.0}={:.2}",

@@ -292,7 +292,7 @@ pub struct CalPoint {
 }
 
 /// Format of the calibration cache; a file of another version is measured again (3: median
-/// calls in blocks, where 2 kept the best of interleaved calls).
+/// calls, each after one of its own path, where 2 kept the best of interleaved calls).
 pub const CALIBRATION_VERSION: u32 = 3;
 
 /// The calibration of one machine (GPU + CPU threads).
@@ -382,14 +382,15 @@ impl Calibration {
 
     /// Measures CPU (all rayon threads) and both GPU host paths (pageable buffers, pinned
     /// shards), each against the CPU on the same kind of buffer, on a small fixed set of shapes:
-    /// xor 8+1, pq 8+2, matrix 10x4 at [`CALIBRATION_SHARDS`]. The four are timed in blocks
-    /// of calls in a row (a block's first call not counted), the blocks in a balanced order (24
-    /// calls of each up to 1 MiB, 8 above), and the median call of each is kept: the same method
-    /// as the bench, so that routing and bench agree near the crossover. Median: the best call
-    /// of an all-thread CPU call of ~100 us is a rare lucky one (two series of the very same
-    /// call differed by up to 23% by best call, 3% by median; H200 host, 16 threads). Blocks:
-    /// a zero-copy call right after a CPU call on the same shards found them in the CPU's
-    /// caches and ran at half its rate (1 MiB, 16 threads: 22-25 GB/s against 44 in a row).
+    /// xor 8+1, pq 8+2, matrix 10x4 at [`CALIBRATION_SHARDS`]. The four are timed in turn (the
+    /// rounds in a balanced order), each counted call right after an uncounted one of the same
+    /// path (24 counted calls of each up to 1 MiB, 8 above), and the median call of each is
+    /// kept: the same method as the bench, so that routing and bench agree near the crossover.
+    /// Median: the best call of an all-thread CPU call of ~100 us is a rare lucky one (two
+    /// series of the very same call differed by up to 23% by best call, 3% by median; H200
+    /// host, 16 threads). The uncounted call: a zero-copy call right after a CPU call on the
+    /// same shards found them in the CPU's caches and ran at half its rate (1 MiB, 16 threads:
+    /// 22-25 GB/s against 44 after one of its own).
     pub fn measure(gpu: &dyn GpuBackend, policy: &Policy) -> Result<Calibration, ParityError> {
         let rs = ReedSolomon::new(10, 4, crate::Matrix::Cauchy)?;
         let shapes: Vec<(Code, Job)> = vec![
@@ -430,8 +431,8 @@ impl Calibration {
                 }
                 let srcs: Vec<&[u8]> = data.iter().map(|v| &v[..shard]).collect();
                 let mut times: [Vec<f64>; 4] = Default::default();
-                // (rounds, counted calls per block): 24 calls of each path up to 1 MiB, 8 above
-                let (rounds, block) = if shard <= 1 << 20 { (4, 6) } else { (4, 2) };
+                // 24 counted calls of each path up to 1 MiB, 8 above
+                let rounds = if shard <= 1 << 20 { 24 } else { 8 };
                 let mut call = |path: usize| -> Result<f64, ParityError> {
                     time1(&mut || match path {
                         0 => {
@@ -451,14 +452,15 @@ impl Calibration {
                         _ => gpu.run_shards(job, &mut shards, &si, &di, policy.max_vram_bytes),
                     })
                 };
-                for round in 0..rounds {
+                for round in 0..=rounds {
                     for j in 0..4 {
                         let path = latin(4, round, j);
-                        // the first call of a block (warm-up, compile, the previous path's
-                        // traces in the caches) is not counted
+                        // one uncounted call first (warm-up, compile, the previous path's
+                        // traces in the caches); round 0 is all warm-up
                         call(path)?;
-                        for _ in 0..block {
-                            times[path].push(call(path)?);
+                        let t = call(path)?;
+                        if round > 0 {
+                            times[path].push(t);
                         }
                     }
                 }
