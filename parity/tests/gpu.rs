@@ -259,6 +259,108 @@ fn gpu_matches_cpu() {
         }
     }
 
+    // --- P+Q and XOR plans (dependent launch, early release, block size) in chains of
+    //     back-to-back launches where each launch reads the previous one's output: a launch
+    //     that ran ahead of its wait would read stale (poisoned) bytes
+    for &len in &[16usize, 4096 + 5, (1 << 20) + 13, (3 << 20) + 48] {
+        for k in [2usize, 8, 16] {
+            let data = rand_shards(&mut rng, k, len);
+            let dsrc: Vec<_> = data
+                .iter()
+                .map(|s| stream.clone_htod(s).expect("htod"))
+                .collect();
+            for plan in [
+                Plan::PLAIN,
+                Plan {
+                    pdl: true,
+                    ..Plan::PLAIN
+                },
+                Plan {
+                    pdl: true,
+                    early: true,
+                    ..Plan::PLAIN
+                },
+                Plan {
+                    pdl: true,
+                    early: true,
+                    block: 128,
+                    ..Plan::PLAIN
+                },
+                Plan::choose(&Job::Pq { k }, len, gpu.sms()),
+            ] {
+                // 4 links: outputs (P, Q) of link i, poisoned first, are sources 0 and 1 of
+                // link i + 1; the CPU follows the same chain
+                let mut want: Vec<Vec<u8>> = data.clone();
+                let mut links: Vec<Vec<_>> = (0..4)
+                    .map(|_| {
+                        (0..2)
+                            .map(|_| stream.clone_htod(&vec![0xa5u8; len]).expect("poison"))
+                            .collect()
+                    })
+                    .collect();
+                stream.synchronize().expect("sync");
+                for i in 0..4 {
+                    let (done, rest) = links.split_at_mut(i);
+                    let mut srcs: Vec<&_> = dsrc.iter().collect();
+                    if let Some(prev) = done.last() {
+                        srcs[0] = &prev[0];
+                        srcs[1] = &prev[1];
+                    }
+                    use cudarc::driver::{DevicePtr, DevicePtrMut};
+                    let sp: Vec<u64> = srcs.iter().map(|s| s.device_ptr(&stream).0).collect();
+                    let dp: Vec<u64> = rest[0]
+                        .iter_mut()
+                        .map(|d| d.device_ptr_mut(&stream).0)
+                        .collect();
+                    let job = Job::Pq { k };
+                    // SAFETY: buffers of len bytes owned here (event tracking is off in
+                    // CudaParity::open, the guards are not needed); synchronised below.
+                    unsafe {
+                        gpu.launch_raw_plan(&job, plan, &sp, &dp, len, &stream)
+                            .expect("pq launch")
+                    };
+                    let srcs_cpu: Vec<&[u8]> = want.iter().map(|v| v.as_slice()).collect();
+                    let (mut p, mut q) = (vec![0u8; len], vec![0u8; len]);
+                    Pq::new(k)
+                        .expect("pq")
+                        .encode(&srcs_cpu, &mut p, &mut q)
+                        .expect("cpu pq");
+                    want[0] = p;
+                    want[1] = q;
+                }
+                stream.synchronize().expect("sync");
+                let got: Vec<Vec<u8>> = links[3]
+                    .iter()
+                    .map(|d| stream.clone_dtoh(d).expect("dtoh"))
+                    .collect();
+                assert!(
+                    got[0] == want[0] && got[1] == want[1],
+                    "pq {k} chain {plan:?} len {len}"
+                );
+                // XOR with the same plan, one launch
+                let srcs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+                let mut x = vec![0u8; len];
+                Xor::new().encode(&srcs, &mut x).expect("cpu xor");
+                let mut dx = stream.clone_htod(&vec![0xa5u8; len]).expect("poison");
+                {
+                    use cudarc::driver::{DevicePtr, DevicePtrMut};
+                    let sp: Vec<u64> = dsrc.iter().map(|s| s.device_ptr(&stream).0).collect();
+                    let dp = [dx.device_ptr_mut(&stream).0];
+                    // SAFETY: as above.
+                    unsafe {
+                        gpu.launch_raw_plan(&Job::Xor { k }, plan, &sp, &dp, len, &stream)
+                            .expect("xor launch")
+                    };
+                }
+                assert!(
+                    stream.clone_dtoh(&dx).expect("dtoh") == x,
+                    "xor {k} {plan:?}"
+                );
+                checks += 2;
+            }
+        }
+    }
+
     // --- reconstruct: every case of RAID6 (k = 4, 8) and RS 6+3, a sample of RS 10+4
     let mut patterns: Vec<(Code, usize, Vec<usize>)> = Vec::new();
     for k in [4usize, 8] {
@@ -403,6 +505,82 @@ fn gpu_matches_cpu() {
             );
         }
         checks += 2;
+    }
+    // Zero-copy schedules: uniform and tapered chunks, device slots reused many times under a
+    // small maxVramBytes (the H2D stream waits for each slot's D2H), RS 10+4 encode.
+    {
+        use tessera_parity::gpu::{Schedule, chunk_schedule};
+        let rs = ReedSolomon::new(10, 4, Matrix::Cauchy).expect("rs");
+        let enc = Job::Matrix {
+            k: 10,
+            m: 4,
+            rows: rs.generator()[100..].to_vec(),
+        };
+        for len in [4096usize + 3, (1 << 20) + 77, 5 << 20] {
+            let host = rand_shards(&mut rng, 10, len);
+            let srcs: Vec<&[u8]> = host.iter().map(|v| v.as_slice()).collect();
+            let mut want = vec![vec![0u8; len]; 4];
+            {
+                let mut w: Vec<&mut [u8]> = want.iter_mut().map(|v| v.as_mut_slice()).collect();
+                rs.encode(&srcs, &mut w).expect("cpu rs");
+            }
+            let mut ps = gpu.alloc_pinned_shards(14, len).expect("pinned");
+            for (i, h) in host.iter().enumerate() {
+                ps.shard_mut(i).expect("shard").copy_from_slice(h);
+            }
+            let sc = |chunk, tail| Schedule { chunk, tail };
+            for (sched, vram) in [
+                (Schedule::DEFAULT, None),
+                (sc(None, 0), None),
+                (sc(Some(64 << 10), 0), None),
+                (sc(Some(256 << 10), 4096), None),
+                (sc(Some(64 << 10), 8192), Some(3 * 14 * (64u64 << 10))),
+                (sc(Some(4096), 0), Some(3 * 14 * 4096)),
+            ] {
+                for j in 10..14 {
+                    ps.shard_mut(j).expect("shard").fill(0xee);
+                }
+                gpu.run_pinned_with(
+                    &[&enc],
+                    &mut [&mut ps],
+                    &(0..10).collect::<Vec<_>>(),
+                    &[10, 11, 12, 13],
+                    vram,
+                    sched,
+                    None,
+                )
+                .expect("pinned schedule");
+                for (j, w) in want.iter().enumerate() {
+                    assert!(
+                        ps.shard(10 + j).expect("shard") == w.as_slice(),
+                        "{sched:?} len {len} parity {j}"
+                    );
+                }
+                checks += 1;
+            }
+        }
+        // the schedule covers every byte once, in order, chunks within [tail, chunk]
+        for (len, chunk, tail) in [
+            (1usize << 20, 512usize << 10, 64usize << 10),
+            ((64 << 20) + 5, 8 << 20, 64 << 10),
+            (100_003, 65536, 4096),
+            (7, 4096, 0),
+        ] {
+            let sch = chunk_schedule(len, chunk, tail);
+            let mut at = 0;
+            for &(off, n) in &sch {
+                assert!(
+                    off == at && n > 0 && n <= chunk,
+                    "{len} {chunk} {tail}: {sch:?}"
+                );
+                at += n;
+            }
+            assert_eq!(at, len);
+            if tail > 0 {
+                let last = sch.last().expect("chunks").1;
+                assert!(last <= tail, "{len} {chunk} {tail}: {sch:?}");
+            }
+        }
     }
     // Misaligned device pointers are refused, not computed wrong.
     let a = stream.alloc_zeros::<u8>(64).expect("alloc");

@@ -11,6 +11,7 @@
 //! - kernel and d2d are timed with CUDA events around batches of back-to-back operations, in
 //!   alternating rounds (best round of each), so both see the same clocks.
 
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,9 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Code, CudaParity, Engine, GpuBackend, HostShards, Job, Plan, Policy, Route};
+use super::{
+    Code, CudaParity, Engine, GpuBackend, HostShards, Job, Plan, Policy, Route, Schedule, Trace,
+};
 use crate::{Matrix, ParityError, Pq, ReedSolomon, Xor};
 
 #[derive(Debug, Serialize)]
@@ -430,79 +433,54 @@ fn one_row(
         Some(l) => case.code.decoder(l)?,
         None => None,
     };
-    // CPU and auto on pageable buffers, CPU and auto on the pinned shards, paired: one call of
-    // each in turn, many times (>= 30 calls and ~4 GiB of data each), best call of each; so
-    // all four see the same machine state, and auto is compared with the very code it routes
-    // to on the very same buffers (CPU rebuilds write into `work` as auto does).
-    let (mut route, mut route_p) = (Route::Cpu, Route::Cpu);
-    let mut work: Vec<Vec<u8>> = shards.clone();
-    let (mut cpu_s, mut auto_s) = (f64::MAX, f64::MAX);
-    let (mut cpup_s, mut autop_s) = (f64::MAX, f64::MAX);
+    // CPU and auto on pageable buffers, CPU and auto on the pinned shards, in rounds of one
+    // counted call of each (>= 30 calls and ~4 GiB of data each; the order of the rounds a
+    // balanced Latin square), each right after an uncounted call of the same function, median
+    // call of each; so all four see the same machine state, and auto is compared with the very
+    // code it routes to on the very same buffers (CPU rebuilds write into `work` as auto
+    // does). The calibration measures the same way. Median, not best: with all 16 threads, the
+    // best of 300 calls of ~100 us of the very same CPU code differed by up to 23% between two
+    // series (a rare lucky call), the medians by 3% (`--gpu-explore`'s dispatch check); routing
+    // adds 0.3 us per call. The uncounted call first: a zero-copy call right after a CPU call
+    // on the same shards finds them in the CPU's caches (half the rate at 1 MiB, 16 threads);
+    // after one of its own it runs as the `pinned` column does. (Blocks of 10 calls in a row
+    // did the same for the GPU but let slow drifts hit one block: identical CPU calls then
+    // differed by up to 7%.)
+    let work = RefCell::new(shards.clone());
+    let out = RefCell::new(out);
+    let ps = RefCell::new(ps);
+    let (route, route_p) = (Cell::new(Route::Cpu), Cell::new(Route::Cpu));
     let samples = (4usize << 30).div_ceil(data_bytes).clamp(30, 300);
-    let time1 = |f: &mut dyn FnMut() -> Result<(), ParityError>| {
-        let t = Instant::now();
-        f()?;
-        Ok::<f64, ParityError>(t.elapsed().as_secs_f64())
+    let mut cpu_f = || cpu_call(case, dec.as_ref(), &srcs, &src_idx, &dst_idx, &work, &out);
+    let mut auto_f = || {
+        route.set(auto_call(engine, case, &srcs, &work, &out)?);
+        Ok(())
     };
-    for i in 0..=samples {
-        let c =
-            time1(&mut || match &dec {
-                Some(dec) => {
-                    let mut slots: Vec<Option<&mut [u8]>> =
-                        work.iter_mut().map(|v| Some(v.as_mut_slice())).collect();
-                    let mut d = Vec::with_capacity(dst_idx.len());
-                    for &l in &dst_idx {
-                        d.push(slots[l].take().ok_or_else(|| {
-                            ParityError::Geometry("lost shard listed twice".into())
-                        })?);
-                    }
-                    let s: Vec<&[u8]> = src_idx
-                        .iter()
-                        .filter_map(|&i| slots[i].take().map(|x| &*x))
-                        .collect();
-                    dec.apply_split_par(&s, &mut d)
-                }
-                None => {
-                    let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    case.code.encode_cpu(&srcs, &mut d)
-                }
-            })?;
-        let a = time1(&mut || {
-            route = match &case.lost {
-                None => {
-                    let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    engine.encode(&case.code, &srcs, &mut d)?
-                }
-                Some(lost) => {
-                    let mut refs: Vec<&mut [u8]> =
-                        work.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    engine.reconstruct(&case.code, &mut refs, lost)?
-                }
-            };
-            Ok(())
-        })?;
-        let cp = time1(&mut || {
-            let (s, mut d) = ps.split(&src_idx, &dst_idx)?;
-            match &dec {
-                Some(dec) => dec.apply_split_par(&s, &mut d),
-                None => case.code.encode_cpu(&s, &mut d),
-            }
-        })?;
-        let ap = time1(&mut || {
-            route_p = match &case.lost {
-                None => engine.encode_shards(&case.code, &mut ps)?,
-                Some(lost) => engine.reconstruct_shards(&case.code, &mut ps, lost)?,
-            };
-            Ok(())
-        })?;
-        if i > 0 {
-            // call 0 warms up (decoder cache, page faults)
-            cpu_s = cpu_s.min(c);
-            auto_s = auto_s.min(a);
-            cpup_s = cpup_s.min(cp);
-            autop_s = autop_s.min(ap);
+    let mut cpup_f = || {
+        let mut ps = ps.borrow_mut();
+        let (s, mut d) = ps.split(&src_idx, &dst_idx)?;
+        match &dec {
+            Some(dec) => dec.apply_split_par(&s, &mut d),
+            None => case.code.encode_cpu(&s, &mut d),
         }
-    }
+    };
+    let mut autop_f = || {
+        let mut ps = ps.borrow_mut();
+        route_p.set(match &case.lost {
+            None => engine.encode_shards(&case.code, &mut ps)?,
+            Some(lost) => engine.reconstruct_shards(&case.code, &mut ps, lost)?,
+        });
+        Ok(())
+    };
+    let t = paired(
+        samples,
+        &mut [&mut cpu_f, &mut auto_f, &mut cpup_f, &mut autop_f],
+        true,
+        true,
+    )?;
+    let (cpu_s, auto_s, cpup_s, autop_s) = (t[0].1, t[1].1, t[2].1, t[3].1);
+    let (route, route_p) = (route.get(), route_p.get());
+    let (work, out, ps) = (work.into_inner(), out.into_inner(), ps.into_inner());
     equal &= work == shards;
     if case.lost.is_none() {
         equal &= out.iter().zip(&want).all(|(o, w)| o.as_slice() == *w);
@@ -546,6 +524,113 @@ fn one_row(
     })
 }
 
+/// Best and median seconds per call of each of `fns`: `rounds` rounds of one counted call of
+/// each (with `rotate`, a multiple of the number of functions); `warm`: each counted call
+/// right after an uncounted call of the same function, so that it finds the caches as a run
+/// of such calls leaves them, not as the previous function did. `rotate`: the order of round
+/// r is row r of a balanced Latin square, so that every function starts a round and follows
+/// every other one equally often (in a fixed order one function always followed the same
+/// other one). A first, uncounted round covers the warm-up (decoder cache, page faults).
+fn paired(
+    rounds: usize,
+    fns: Step2<'_, '_>,
+    rotate: bool,
+    warm: bool,
+) -> Result<Vec<(f64, f64)>, ParityError> {
+    let n = fns.len();
+    let rounds = if rotate {
+        rounds.next_multiple_of(n.max(1))
+    } else {
+        rounds
+    };
+    let mut all: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
+    for r in 0..=rounds {
+        for j in 0..n {
+            let i = if rotate { super::latin(n, r, j) } else { j };
+            if warm {
+                (fns[i])()?;
+            }
+            let t = Instant::now();
+            (fns[i])()?;
+            let dt = t.elapsed().as_secs_f64();
+            if r > 0 {
+                all[i].push(dt);
+            }
+        }
+    }
+    Ok(all
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            (
+                v.first().copied().unwrap_or(f64::MAX),
+                v.get(v.len() / 2).copied().unwrap_or(f64::MAX),
+            )
+        })
+        .collect())
+}
+
+type Step2<'a, 'b> = &'a mut [&'b mut dyn FnMut() -> Result<(), ParityError>];
+
+/// The CPU engine on a bench case (all threads): encode into `out`, or rebuild into `work`.
+fn cpu_call(
+    case: &Case,
+    dec: Option<&crate::Decoder>,
+    srcs: &[&[u8]],
+    src_idx: &[usize],
+    dst_idx: &[usize],
+    work: &RefCell<Vec<Vec<u8>>>,
+    out: &RefCell<Vec<Vec<u8>>>,
+) -> Result<(), ParityError> {
+    match dec {
+        Some(dec) => {
+            let mut work = work.borrow_mut();
+            let mut slots: Vec<Option<&mut [u8]>> =
+                work.iter_mut().map(|v| Some(v.as_mut_slice())).collect();
+            let mut d = Vec::with_capacity(dst_idx.len());
+            for &l in dst_idx {
+                d.push(
+                    slots[l]
+                        .take()
+                        .ok_or_else(|| ParityError::Geometry("lost shard listed twice".into()))?,
+                );
+            }
+            let s: Vec<&[u8]> = src_idx
+                .iter()
+                .filter_map(|&i| slots[i].take().map(|x| &*x))
+                .collect();
+            dec.apply_split_par(&s, &mut d)
+        }
+        None => {
+            let mut out = out.borrow_mut();
+            let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+            case.code.encode_cpu(srcs, &mut d)
+        }
+    }
+}
+
+/// `Engine::encode` / `reconstruct` on a bench case's pageable buffers.
+fn auto_call(
+    engine: &Engine,
+    case: &Case,
+    srcs: &[&[u8]],
+    work: &RefCell<Vec<Vec<u8>>>,
+    out: &RefCell<Vec<Vec<u8>>>,
+) -> Result<Route, ParityError> {
+    match &case.lost {
+        None => {
+            let mut out = out.borrow_mut();
+            let mut d: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+            engine.encode(&case.code, srcs, &mut d)
+        }
+        Some(lost) => {
+            let mut work = work.borrow_mut();
+            let mut refs: Vec<&mut [u8]> = work.iter_mut().map(|v| v.as_mut_slice()).collect();
+            engine.reconstruct(&case.code, &mut refs, lost)
+        }
+    }
+}
+
 fn size_label(b: usize) -> String {
     if b >= 1 << 20 {
         format!("{}MiB", b >> 20)
@@ -570,6 +655,7 @@ pub fn render(r: &GpuReport) -> String {
          pinned = run_pinned, zero-copy on engine-allocated pinned shards, vs h2d (pinned H2D);\n\
          xN = run_pinned_many, N such stripes per call in one pipeline, vs h2d\n\
          cpu = CPU engine, all threads, pageable buffers; cpuP = the same on the pinned shards\n\
+         (cpu, cpuP, auto, autoP: median call, in turn, each after one of its own; other host columns: best of 3 rounds)\n\
          auto = Engine on pageable buffers, /best = auto / max(cpu, pageable);\n\
          autoP = Engine on engine-allocated pinned shards, /best = autoP / max(cpuP, pinned)\n",
         r.gpu, r.driver, r.cpu_threads
@@ -641,7 +727,7 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
     let mut s = format!("gpu {}  sms {}\n", gpu.info().name, gpu.sms());
     s += "kernel plans: GB/s moved, ratio to d2d of the same bytes (events, best of 5); 'auto' = Plan::choose;\n\
           graph = us per launch of 50 back-to-back launches in a CUDA graph, kernel/d2d (GPU time without launch gaps)\n\
-          plan name: s<split> p=preload f=fence a=staged (cp.async) t=select transpose d=dependent launch b<threads>\n";
+          plan name: s<split> p=preload f=fence a=staged (cp.async) t=select transpose d=dependent launch e=early release b<threads>\n";
     let all = cases()?;
     for case in &all {
         let kd = k_of(case);
@@ -662,6 +748,14 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     ..Plan::PLAIN
                 })
             };
+            let d = |pdl, early, block| {
+                Some(Plan {
+                    pdl,
+                    early,
+                    block,
+                    ..Plan::PLAIN
+                })
+            };
             let plans: Vec<Option<Plan>> = match job {
                 Job::Matrix { .. } => vec![
                     None,
@@ -674,7 +768,21 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     p(2, true, false, false, true, false),
                     p(2, true, true, false, true, true),
                 ],
-                _ => vec![None],
+                Job::Pq { .. } => vec![
+                    None,
+                    d(false, false, 0),
+                    d(true, false, 0),
+                    d(true, true, 0),
+                    d(false, false, 128),
+                    d(true, false, 128),
+                    d(true, true, 128),
+                ],
+                Job::Xor { .. } => vec![
+                    None,
+                    d(false, false, 0),
+                    d(true, false, 0),
+                    d(true, true, 0),
+                ],
             };
             let mut line = format!(
                 "{:<10} {:>5} {:>6}",
@@ -691,7 +799,7 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                 let pl = plan.unwrap_or_else(|| Plan::choose(&job, shard, gpu.sms()));
                 let (regs, blocks, threads) = gpu.kernel_info(&job, pl)?;
                 let name = format!(
-                    "{}s{}{}{}{}{}{}b{}[r{regs} b{blocks}x{threads}]",
+                    "{}s{}{}{}{}{}{}{}b{}[r{regs} b{blocks}x{threads}]",
                     if plan.is_none() { "auto:" } else { "" },
                     pl.split,
                     if pl.preload { "p" } else { "" },
@@ -699,6 +807,7 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                     if pl.stage { "a" } else { "" },
                     if pl.select { "t" } else { "" },
                     if pl.pdl { "d" } else { "" },
+                    if pl.early { "e" } else { "" },
                     pl.block_x(job.k(), job.m()),
                 );
                 let (gk, gc) = graph_times(&gpu, &stream, &job, pl, &srcs, shard)?;
@@ -717,7 +826,9 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
             s += "\n";
         }
     }
-    s += "pinned path: data GB/s by chunk (bytes per shard per launch), vs pinned H2D of the same bytes\n";
+    s += "pinned path: data GB/s by schedule, vs pinned H2D of the same bytes (h2d: back-to-back copies;\n\
+          h2d1: one copy per synchronised call; duplex: the data H2D with the parity D2H beside it on another stream, per call)\n\
+          schedule: <chunk per shard>[/t<tail>: the last chunks halve down to this]\n";
     for case in all.iter().filter(|c| c.lost.is_none()) {
         let kd = k_of(case);
         for &shard in shard_sizes {
@@ -725,45 +836,42 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
             let shards = stripe(case, shard)?;
             let (job, src_idx, dst_idx) = case_job(case, kd, shards.len())?;
             let data_bytes = job.k() * shard;
-            let pin = super::cuda::pinned_alloc(gpu.context(), data_bytes)?;
-            let mut dbuf = stream.alloc_zeros::<u8>(data_bytes).map_err(cu)?;
-            let h2d = best_of(
-                3,
-                10,
-                &mut || {
-                    let (dp, _g) = dbuf.device_ptr_mut(&stream);
-                    let src = pin.as_slice().map_err(cu)?;
-                    // SAFETY: dbuf holds data_bytes; the pinned buffer outlives the sync.
-                    unsafe { result::memcpy_htod_async(dp, src, stream.cu_stream()) }.map_err(cu)
-                },
-                &mut || stream.synchronize().map_err(cu),
-            )?;
-            drop((pin, dbuf));
+            let (h2d, h2d1, duplex) = copy_probe(&gpu, &stream, data_bytes, job.m() * shard)?;
             let mut ps = pinned_copy(&gpu, &shards)?;
             let mut line = format!(
-                "{:<10} {:>5} {:>6} h2d {:.1}",
+                "{:<10} {:>5} {:>6} h2d {:.1} h2d1 {:.2} duplex {:.2}\n   ",
                 case.op,
                 format!("{}+{}", job.k(), job.m()),
                 size_label(shard),
-                data_bytes as f64 / h2d / 1e9
+                data_bytes as f64 / h2d / 1e9,
+                h2d / h2d1,
+                h2d / duplex,
             );
             let def = CudaParity::pinned_chunk(shard, usize::MAX);
-            for div in [0usize, 1, 2, 4, 8, 16] {
-                let chunk = shard.checked_div(div).unwrap_or(def);
-                if chunk < 4096 {
-                    continue;
-                }
+            let sc = |chunk: usize, tail: usize| Schedule {
+                chunk: Some(chunk),
+                tail,
+            };
+            let mut scheds = vec![("default", Schedule::DEFAULT), ("", sc(def, 0))];
+            for tail in [256usize << 10, 128 << 10, 32 << 10] {
+                scheds.push(("", sc(def, tail)));
+            }
+            for div in [4usize, 8] {
+                scheds.push(("", sc(shard / div, 64 << 10)));
+            }
+            for (name, sched) in scheds {
                 let t = best_of(
                     3,
                     10,
                     &mut || {
-                        gpu.run_pinned_chunked(
+                        gpu.run_pinned_with(
                             &[&job],
                             &mut [&mut ps],
                             &src_idx,
                             &dst_idx,
                             None,
-                            Some(chunk),
+                            sched,
+                            None,
                         )
                     },
                     &mut || Ok(()),
@@ -771,10 +879,16 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
                 let ok = dst_idx
                     .iter()
                     .all(|&d| ps.shard(d).is_ok_and(|x| x == shards[d].as_slice()));
+                let chunk = sched.chunk.unwrap_or(def);
                 line += &format!(
-                    "  {}{} {:.1}={:.2}{}",
-                    if div == 0 { "default:" } else { "" },
+                    " {name}{}{}{} {:.1}={:.2}{}",
+                    if name.is_empty() { "" } else { ":" },
                     size_label(chunk),
+                    if sched.tail > 0 {
+                        format!("/t{}", size_label(sched.tail))
+                    } else {
+                        String::new()
+                    },
                     data_bytes as f64 / t / 1e9,
                     h2d / t,
                     if ok { "" } else { " BAD" }
@@ -782,8 +896,174 @@ pub fn explore(shard_sizes: &[usize], progress: &dyn Fn(&str)) -> Result<String,
             }
             s += &line;
             s += "\n";
+            if shard <= 4 << 20 && matches!(job, Job::Matrix { .. }) {
+                for (name, sched) in [("default", Schedule::DEFAULT), ("uniform", sc(def, 0))] {
+                    s += &trace_call(&gpu, &job, &mut ps, &src_idx, &dst_idx, sched, name)?;
+                }
+            }
         }
     }
+    s += "auto vs cpu (dispatch check): best and median GB/s of the CPU engine and of Engine on the same\n\
+          pageable buffers, one call each per round; fixed order (cpu then auto), rotated, and cpu vs cpu\n";
+    let engine = Engine::calibrated(gpu.clone(), Policy::default());
+    for case in &all {
+        let kd = k_of(case);
+        for &shard in shard_sizes {
+            progress(&format!("explore auto {} {kd} {shard}", case.op));
+            let shards = stripe(case, shard)?;
+            let (job, src_idx, dst_idx) = case_job(case, kd, shards.len())?;
+            let srcs: Vec<&[u8]> = src_idx.iter().map(|&i| shards[i].as_slice()).collect();
+            let dec = match &case.lost {
+                Some(l) => case.code.decoder(l)?,
+                None => None,
+            };
+            let work = RefCell::new(shards.clone());
+            let out = RefCell::new(vec![vec![0u8; shard]; job.m()]);
+            let data = (job.k() * shard) as f64;
+            let samples = (4usize << 30).div_ceil(job.k() * shard).clamp(30, 300);
+            let mut line = format!(
+                "{:<10} {:>5} {:>6}",
+                case.op,
+                format!("{}+{}", job.k(), job.m()),
+                size_label(shard)
+            );
+            for (name, aa, rotate) in [
+                ("fixed", false, false),
+                ("rotated", false, true),
+                ("cpu/cpu", true, false),
+            ] {
+                let mut c1 =
+                    || cpu_call(case, dec.as_ref(), &srcs, &src_idx, &dst_idx, &work, &out);
+                let mut c2 =
+                    || cpu_call(case, dec.as_ref(), &srcs, &src_idx, &dst_idx, &work, &out);
+                let mut a = || auto_call(&engine, case, &srcs, &work, &out).map(|_| ());
+                let t = if aa {
+                    paired(samples, &mut [&mut c1, &mut c2], rotate, false)?
+                } else {
+                    paired(samples, &mut [&mut c1, &mut a], rotate, false)?
+                };
+                line += &format!(
+                    "  {name}: best {:.0}/{:.0}={:.2} med {:.0}/{:.0}={:.2}",
+                    data / t[1].0 / 1e9,
+                    data / t[0].0 / 1e9,
+                    t[0].0 / t[1].0,
+                    data / t[1].1 / 1e9,
+                    data / t[0].1 / 1e9,
+                    t[0].1 / t[1].1
+                );
+            }
+            s += &line;
+            s += "\n";
+        }
+    }
+    Ok(s)
+}
+
+/// Seconds per call of: back-to-back pinned H2D copies of `data` bytes (one sync per batch),
+/// one such copy per synchronised call, and one call doing that copy with a D2H of `parity`
+/// bytes on a second stream beside it (both directions of the link at once).
+fn copy_probe(
+    gpu: &CudaParity,
+    stream: &Arc<CudaStream>,
+    data: usize,
+    parity: usize,
+) -> Result<(f64, f64, f64), ParityError> {
+    let pin = super::cuda::pinned_alloc(gpu.context(), data)?;
+    let mut back = super::cuda::pinned_alloc(gpu.context(), parity)?;
+    let mut dbuf = stream.alloc_zeros::<u8>(data).map_err(cu)?;
+    let pbuf = stream.alloc_zeros::<u8>(parity).map_err(cu)?;
+    let other = gpu.context().new_stream().map_err(cu)?;
+    let mut h2d = || {
+        let (dp, _g) = dbuf.device_ptr_mut(stream);
+        let src = pin.as_slice().map_err(cu)?;
+        // SAFETY: dbuf holds `data` bytes; the pinned buffer lives until after the sync.
+        unsafe { result::memcpy_htod_async(dp, src, stream.cu_stream()) }.map_err(cu)
+    };
+    let sync = || stream.synchronize().map_err(cu);
+    let t_b2b = best_of(3, 10, &mut h2d, &mut || sync())?;
+    let t_one = best_of(
+        3,
+        10,
+        &mut || {
+            h2d()?;
+            sync()
+        },
+        &mut || Ok(()),
+    )?;
+    let t_dup = best_of(
+        3,
+        10,
+        &mut || {
+            h2d()?;
+            let (pp, _g) = pbuf.device_ptr(&other);
+            let dst = back.as_mut_slice().map_err(cu)?;
+            // SAFETY: pbuf holds `parity` bytes; the pinned buffer lives until after the sync.
+            unsafe { result::memcpy_dtoh_async(dst, pp, other.cu_stream()) }.map_err(cu)?;
+            other.synchronize().map_err(cu)?;
+            sync()
+        },
+        &mut || Ok(()),
+    )?;
+    Ok((t_b2b, t_one, t_dup))
+}
+
+/// Timeline of one zero-copy call with `sched` (the fastest of 5 traced calls): per chunk its
+/// size and the end of its H2D, kernel and D2H in us from the start, and the call's host time.
+fn trace_call(
+    gpu: &CudaParity,
+    job: &Job,
+    ps: &mut HostShards,
+    src_idx: &[usize],
+    dst_idx: &[usize],
+    sched: Schedule,
+    name: &str,
+) -> Result<String, ParityError> {
+    let mut trace = Trace::new(gpu, 256)?;
+    let mut best: Option<(f64, Vec<super::cuda::Mark>)> = None;
+    for _ in 0..6 {
+        let t = Instant::now();
+        gpu.run_pinned_with(
+            &[job],
+            &mut [&mut *ps],
+            src_idx,
+            dst_idx,
+            None,
+            sched,
+            Some(&mut trace),
+        )?;
+        let host = t.elapsed().as_secs_f64() * 1e6;
+        let marks = trace.take()?;
+        if best.as_ref().is_none_or(|b| host < b.0) {
+            best = Some((host, marks));
+        }
+    }
+    let Some((host, marks)) = best else {
+        return Ok(String::new());
+    };
+    let mut s = format!(
+        "    trace {name}: host {host:.1} us; chunk size: h2d end / kernel end / d2h end (us)\n     "
+    );
+    let n = marks.iter().map(|m| m.0 + 1).max().unwrap_or(0);
+    for c in 0..n {
+        let at = |st: u8| {
+            marks
+                .iter()
+                .find(|m| m.0 == c && m.1 == st)
+                .map_or(f64::NAN, |m| m.3)
+        };
+        let size = marks
+            .iter()
+            .find(|m| m.0 == c && m.1 == 1)
+            .map_or(0, |m| m.2);
+        s += &format!(
+            " #{c} {}: {:.1}/{:.1}/{:.1}",
+            size_label(size),
+            at(1),
+            at(2),
+            at(3)
+        );
+    }
+    s += "\n";
     Ok(s)
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PinnedHostSlice, PushKernelArg, result,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, result,
 };
 use rayon::prelude::*;
 
@@ -41,11 +41,14 @@ fn driver_present() -> bool {
     matches!(found, Ok(true))
 }
 
-/// A staging lane: one stream, a pinned host buffer and a device buffer of the same size.
+/// A staging lane: one stream, a pinned host buffer and a device buffer of the same size, and
+/// the events that order the zero-copy pipeline's use of the device buffer (a chunk slot):
+/// `done[0]` its H2D, `done[1]` its kernel, `done[2]` its D2H.
 struct Lane {
     stream: Arc<CudaStream>,
     pinned: Option<PinnedHostSlice<u8>>,
     dev: Option<CudaSlice<u8>>,
+    done: [CudaEvent; 3],
 }
 
 /// One GPU with its compiled kernels and staging lanes.
@@ -103,10 +106,12 @@ impl CudaParity {
         let stream = ctx.new_stream().map_err(cu)?;
         let lanes = (0..STAGING_LANES)
             .map(|_| {
+                let ev = || ctx.new_event(None).map_err(cu);
                 Ok(Lane {
                     stream: ctx.new_stream().map_err(cu)?,
                     pinned: None,
                     dev: None,
+                    done: [ev()?, ev()?, ev()?],
                 })
             })
             .collect::<Result<Vec<_>, ParityError>>()?;
@@ -412,7 +417,8 @@ fn pdl_launch(
 }
 
 /// The split of a matrix job never exceeds its source count or [`Plan::MAX_SPLIT`] (staging
-/// is for one group, the fence for preloads); other jobs always run one group.
+/// is for one group, the fence for preloads); other jobs run one group and keep only the
+/// block size and dependent launch.
 fn normalise(job: &Job, plan: Plan) -> Plan {
     match job {
         Job::Matrix { k, .. } => {
@@ -421,10 +427,16 @@ fn normalise(job: &Job, plan: Plan) -> Plan {
                 split,
                 stage: plan.stage && split == 1,
                 fence: plan.fence && plan.preload,
+                early: plan.early && plan.pdl,
                 ..plan
             }
         }
-        _ => Plan::PLAIN,
+        _ => Plan {
+            block: plan.block,
+            pdl: plan.pdl,
+            early: plan.early && plan.pdl,
+            ..Plan::PLAIN
+        },
     }
 }
 
@@ -450,6 +462,243 @@ pub(super) fn runs(idx: &[usize]) -> Vec<(usize, usize, usize)> {
         }
     }
     out
+}
+
+/// Checks the arguments of a zero-copy call; returns the shape (k, m).
+fn check_pinned(
+    jobs: &[&Job],
+    stripes: &[&mut HostShards],
+    src_idx: &[usize],
+    dst_idx: &[usize],
+) -> Result<(usize, usize), ParityError> {
+    let Some(job0) = jobs.first() else {
+        return Err(ParityError::Geometry("no job given".into()));
+    };
+    if jobs.len() != 1 && jobs.len() != stripes.len() {
+        return Err(ParityError::Geometry(format!(
+            "{} jobs for {} stripes",
+            jobs.len(),
+            stripes.len()
+        )));
+    }
+    let (k, m) = (job0.k(), job0.m());
+    for j in jobs {
+        j.check()?;
+        if (j.k(), j.m()) != (k, m) {
+            return Err(ParityError::Geometry("jobs of different shapes".into()));
+        }
+    }
+    if src_idx.len() != k || dst_idx.len() != m {
+        return Err(ParityError::Geometry(format!(
+            "{} sources and {} outputs named, job needs {k} and {m}",
+            src_idx.len(),
+            dst_idx.len()
+        )));
+    }
+    for sh in stripes.iter() {
+        let n_shards = sh.count();
+        if let Some(i) = src_idx.iter().chain(dst_idx).find(|&&i| i >= n_shards) {
+            return Err(ParityError::Geometry(format!(
+                "shard {i} out of range 0..{n_shards}"
+            )));
+        }
+    }
+    if dst_idx.iter().any(|d| src_idx.contains(d)) {
+        return Err(ParityError::Geometry("an output is also a source".into()));
+    }
+    Ok((k, m))
+}
+
+/// (pinned base, stride, shard length) of every stripe; heap shards are refused.
+fn pinned_hosts(
+    stripes: &mut [&mut HostShards],
+) -> Result<Vec<(*mut u8, usize, usize)>, ParityError> {
+    let mut hosts = Vec::with_capacity(stripes.len());
+    for sh in stripes.iter_mut() {
+        let (st, len) = (sh.stride(), sh.shard_len());
+        match sh.storage_mut() {
+            ShardStorage::Pinned(buf) => hosts.push((buf.as_mut_ptr().map_err(cu)?, st, len)),
+            ShardStorage::Heap(_) => {
+                return Err(ParityError::Geometry(
+                    "run_pinned needs engine-allocated pinned shards".into(),
+                ));
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+/// How the zero-copy path cuts a call into chunks ([`CudaParity::run_pinned_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Bytes per shard per chunk (`None`: [`CudaParity::pinned_chunk`]).
+    pub chunk: Option<usize>,
+    /// The last stripe of a call ends in chunks halving down to this many bytes per shard, so
+    /// that little is left to compute and copy back after its last byte has arrived (0:
+    /// chunks of equal size).
+    pub tail: usize,
+}
+
+impl Schedule {
+    /// What `run_pinned` and `run_pinned_many` use.
+    pub const DEFAULT: Schedule = Schedule {
+        chunk: None,
+        tail: 64 << 10,
+    };
+}
+
+/// (offset, length) of the chunks of one stripe of `len` bytes per shard: `chunk` bytes each
+/// while more than two are left, then (with `tail` > 0) halving down to `tail`.
+pub fn chunk_schedule(len: usize, chunk: usize, tail: usize) -> Vec<(usize, usize)> {
+    let chunk = chunk.max(1);
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < len {
+        let rest = len - off;
+        let n = if tail == 0 || rest > 2 * chunk {
+            chunk.min(rest)
+        } else if rest <= tail {
+            rest
+        } else {
+            (rest / 2)
+                .next_multiple_of(4096)
+                .clamp(tail, chunk)
+                .min(rest)
+        };
+        out.push((off, n));
+        off += n;
+    }
+    out
+}
+
+/// A traced point: (chunk, stage 0 = start / 1 = H2D / 2 = kernel / 3 = D2H done, bytes per
+/// shard, microseconds since the start).
+pub type Mark = (usize, u8, usize, f64);
+
+/// Timing events of zero-copy calls (tuning): the start, and for every chunk the end of its
+/// H2D, of its kernel and of its D2H.
+pub struct Trace {
+    events: Vec<CudaEvent>,
+    /// (chunk, stage 0..=3, bytes per shard) of each recorded event, in order
+    marks: Vec<(usize, u8, usize)>,
+}
+
+impl Trace {
+    /// Room for `n` marks (1 + 3 per chunk).
+    pub fn new(gpu: &CudaParity, n: usize) -> Result<Trace, ParityError> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let events = (0..n)
+            .map(|_| gpu.ctx.new_event(flags).map_err(cu))
+            .collect::<Result<_, _>>()?;
+        Ok(Trace {
+            events,
+            marks: Vec::new(),
+        })
+    }
+
+    fn mark(
+        &mut self,
+        stream: &CudaStream,
+        chunk: usize,
+        stage: u8,
+        n: usize,
+    ) -> Result<(), ParityError> {
+        if let Some(e) = self.events.get(self.marks.len()) {
+            e.record(stream).map_err(cu)?;
+            self.marks.push((chunk, stage, n));
+        }
+        Ok(())
+    }
+
+    /// Every mark of the call (after it), and clears them.
+    pub fn take(&mut self) -> Result<Vec<Mark>, ParityError> {
+        let mut out = Vec::with_capacity(self.marks.len());
+        if let Some(t0) = self.events.first() {
+            for (i, &(c, st, n)) in self.marks.iter().enumerate() {
+                let ms = t0.elapsed_ms(&self.events[i]).map_err(cu)?;
+                out.push((c, st, n, f64::from(ms) * 1e3));
+            }
+        }
+        self.marks.clear();
+        Ok(out)
+    }
+}
+
+/// One zero-copy call's chunking: jobs, stripes (pinned base, stride, shard length), runs of
+/// consecutive source and output shards, shape, chunk and device row pitch, tail.
+struct Pipe<'a> {
+    jobs: &'a [&'a Job],
+    hosts: &'a [(*mut u8, usize, usize)],
+    src_runs: Vec<(usize, usize, usize)>,
+    dst_runs: Vec<(usize, usize, usize)>,
+    k: usize,
+    m: usize,
+    chunk: usize,
+    cstride: usize,
+    tail: usize,
+}
+
+impl Pipe<'_> {
+    /// Device rows of the sources and outputs in a slot at `base`.
+    fn slot_ptrs(&self, base: u64, sp: &mut [u64], dp: &mut [u64]) {
+        for (i, p) in sp.iter_mut().enumerate() {
+            *p = base + (i * self.cstride) as u64;
+        }
+        for (j, p) in dp.iter_mut().enumerate() {
+            *p = base + ((self.k + j) * self.cstride) as u64;
+        }
+    }
+
+    /// The pitched copies of one chunk (bytes off..off+n of every source shard to the device,
+    /// or of every output shard back to the host), one per run of consecutive shards.
+    ///
+    /// # Safety
+    /// As [`copy_2d`]: host rows of the stripe at `hp` (stride `st`) and the device rows `dev`
+    /// valid until the copy completes on `stream`.
+    unsafe fn copy(
+        &self,
+        to_device: bool,
+        (hp, st): (*mut u8, usize),
+        (off, n): (usize, usize),
+        dev: &[u64],
+        stream: &CudaStream,
+    ) -> Result<(), ParityError> {
+        let runs = if to_device {
+            &self.src_runs
+        } else {
+            &self.dst_runs
+        };
+        for &(pos, first, cnt) in runs {
+            let rows = Rows {
+                // SAFETY: inside the stripe's buffer per the contract.
+                host: unsafe { hp.add(first * st + off) },
+                host_pitch: st,
+                dev: dev[pos],
+                dev_pitch: self.cstride,
+                width: n,
+                height: cnt,
+            };
+            // SAFETY: per the contract.
+            unsafe { copy_2d(to_device, rows, stream)? };
+        }
+        Ok(())
+    }
+}
+
+/// Device address of every lane's staging buffer.
+fn lane_bases(lanes: &mut [Lane]) -> Result<Vec<u64>, ParityError> {
+    lanes
+        .iter_mut()
+        .map(|l| {
+            let stream = l.stream.clone();
+            let dev = l
+                .dev
+                .as_mut()
+                .ok_or_else(|| ParityError::Gpu("lane without staging".into()))?;
+            // event tracking is off (CudaParity::open): the pointer needs no guard
+            Ok(dev.device_ptr_mut(&stream).0)
+        })
+        .collect()
 }
 
 /// Rows of a pitched (2D) copy: `height` rows of `width` bytes, at `pitch` apart on each side.
@@ -514,9 +763,10 @@ impl CudaParity {
 
     /// Zero-copy host API: outputs `dst_idx` of `shards` from sources `src_idx`, with no CPU
     /// copies: chunks go H2D straight from the pinned shards, through the kernel, and D2H
-    /// straight back, round-robin over the staging lanes so the H2D engine, the kernels and the
-    /// D2H engine work on different chunks at once. One pitched (2D) copy per run of
-    /// consecutive shards and direction, so a chunk costs a handful of driver calls whatever k.
+    /// straight back ([`Schedule`]: the H2D copies back to back on one stream, kernels on a
+    /// second, D2H copies on a third, ordered by events, so the copy engines never wait for
+    /// the host). One pitched (2D) copy per run of consecutive shards and direction, so a chunk
+    /// costs a handful of driver calls whatever k.
     pub fn run_pinned(
         &self,
         job: &Job,
@@ -525,7 +775,15 @@ impl CudaParity {
         dst_idx: &[usize],
         max_vram: Option<u64>,
     ) -> Result<(), ParityError> {
-        self.run_pinned_chunked(&[job], &mut [shards], src_idx, dst_idx, max_vram, None)
+        self.run_pinned_with(
+            &[job],
+            &mut [shards],
+            src_idx,
+            dst_idx,
+            max_vram,
+            Schedule::DEFAULT,
+            None,
+        )
     }
 
     /// [`CudaParity::run_pinned`] over several stripes in one pipeline: stripe i runs `jobs[i]`
@@ -541,7 +799,15 @@ impl CudaParity {
         dst_idx: &[usize],
         max_vram: Option<u64>,
     ) -> Result<(), ParityError> {
-        self.run_pinned_chunked(jobs, stripes, src_idx, dst_idx, max_vram, None)
+        self.run_pinned_with(
+            jobs,
+            stripes,
+            src_idx,
+            dst_idx,
+            max_vram,
+            Schedule::DEFAULT,
+            None,
+        )
     }
 
     /// The chunk (bytes per shard per launch) of the zero-copy path: up to 8 chunks per stripe
@@ -555,51 +821,20 @@ impl CudaParity {
             .min(len.next_multiple_of(256))
     }
 
-    /// [`CudaParity::run_pinned_many`] with an explicit chunk size (tuning).
-    pub fn run_pinned_chunked(
+    /// [`CudaParity::run_pinned_many`] with an explicit [`Schedule`] and an optional [`Trace`]
+    /// (tuning).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_pinned_with(
         &self,
         jobs: &[&Job],
         stripes: &mut [&mut HostShards],
         src_idx: &[usize],
         dst_idx: &[usize],
         max_vram: Option<u64>,
-        chunk: Option<usize>,
+        sched: Schedule,
+        trace: Option<&mut Trace>,
     ) -> Result<(), ParityError> {
-        let Some(job0) = jobs.first() else {
-            return Err(ParityError::Geometry("no job given".into()));
-        };
-        if jobs.len() != 1 && jobs.len() != stripes.len() {
-            return Err(ParityError::Geometry(format!(
-                "{} jobs for {} stripes",
-                jobs.len(),
-                stripes.len()
-            )));
-        }
-        let (k, m) = (job0.k(), job0.m());
-        for j in jobs {
-            j.check()?;
-            if (j.k(), j.m()) != (k, m) {
-                return Err(ParityError::Geometry("jobs of different shapes".into()));
-            }
-        }
-        if src_idx.len() != k || dst_idx.len() != m {
-            return Err(ParityError::Geometry(format!(
-                "{} sources and {} outputs named, job needs {k} and {m}",
-                src_idx.len(),
-                dst_idx.len()
-            )));
-        }
-        for sh in stripes.iter() {
-            let n_shards = sh.count();
-            if let Some(i) = src_idx.iter().chain(dst_idx).find(|&&i| i >= n_shards) {
-                return Err(ParityError::Geometry(format!(
-                    "shard {i} out of range 0..{n_shards}"
-                )));
-            }
-        }
-        if dst_idx.iter().any(|d| src_idx.contains(d)) {
-            return Err(ParityError::Geometry("an output is also a source".into()));
-        }
+        let (k, m) = check_pinned(jobs, stripes, src_idx, dst_idx)?;
         let len_max = stripes.iter().map(|s| s.shard_len()).max().unwrap_or(0);
         if len_max == 0 {
             return Ok(());
@@ -612,91 +847,29 @@ impl CudaParity {
                 "maxVramBytes {lane_bytes} per lane is too small for {k}+{m} shards"
             )));
         }
-        let chunk = chunk
+        let chunk = sched
+            .chunk
             .map_or_else(|| Self::pinned_chunk(len_max, cap), |c| c.clamp(4096, cap))
             .min(len_max.next_multiple_of(256));
         let cstride = chunk.next_multiple_of(256);
-        // (host base, stride, len) of every stripe
-        let mut hosts = Vec::with_capacity(stripes.len());
-        for sh in stripes.iter_mut() {
-            let (st, len) = (sh.stride(), sh.shard_len());
-            match sh.storage_mut() {
-                ShardStorage::Pinned(buf) => hosts.push((buf.as_mut_ptr().map_err(cu)?, st, len)),
-                ShardStorage::Heap(_) => {
-                    return Err(ParityError::Geometry(
-                        "run_pinned needs engine-allocated pinned shards".into(),
-                    ));
-                }
-            }
-        }
-        let src_runs = runs(src_idx);
-        let dst_runs = runs(dst_idx);
+        let hosts = pinned_hosts(stripes)?;
         let mut lanes = self
             .lanes
             .lock()
             .map_err(|_| ParityError::Gpu("staging lock poisoned".into()))?;
         self.grow(&mut lanes, (k + m) * cstride)?;
-        let nl = lanes.len();
-        let mut sp = vec![0u64; k];
-        let mut dp = vec![0u64; m];
-        let mut c = 0usize; // chunks issued, over all stripes
-        let result = (|| {
-            for (si, &(hp, st, len)) in hosts.iter().enumerate() {
-                let job = jobs.get(si).unwrap_or(job0);
-                for off in (0..len).step_by(chunk) {
-                    let lane = &mut lanes[c % nl];
-                    // The lane's device buffer is reused: its previous chunk must be done.
-                    if c >= nl {
-                        lane.stream.synchronize().map_err(cu)?;
-                    }
-                    c += 1;
-                    let n = chunk.min(len - off);
-                    let stream = lane.stream.clone();
-                    let dev = lane
-                        .dev
-                        .as_mut()
-                        .ok_or_else(|| ParityError::Gpu("lane without staging".into()))?;
-                    let (base, _g) = dev.device_ptr_mut(&stream);
-                    for (i, p) in sp.iter_mut().enumerate() {
-                        *p = base + (i * cstride) as u64;
-                    }
-                    for (j, p) in dp.iter_mut().enumerate() {
-                        *p = base + ((k + j) * cstride) as u64;
-                    }
-                    // SAFETY: every host row is inside its stripe's pinned buffer (index < its
-                    // shard count, off + n <= len <= stride), device rows inside the lane's
-                    // (k+m)*cstride buffer; outputs are disjoint from sources (checked); all
-                    // copies complete before this function returns (final synchronisation)
-                    // while the stripes stay mutably borrowed.
-                    unsafe {
-                        for &(pos, first, cnt) in &src_runs {
-                            let rows = Rows {
-                                host: hp.add(first * st + off),
-                                host_pitch: st,
-                                dev: sp[pos],
-                                dev_pitch: cstride,
-                                width: n,
-                                height: cnt,
-                            };
-                            copy_2d(true, rows, &stream)?;
-                        }
-                        self.launch_raw(job, &sp, &dp, n, &stream)?;
-                        for &(pos, first, cnt) in &dst_runs {
-                            let rows = Rows {
-                                host: hp.add(first * st + off),
-                                host_pitch: st,
-                                dev: dp[pos],
-                                dev_pitch: cstride,
-                                width: n,
-                                height: cnt,
-                            };
-                            copy_2d(false, rows, &stream)?;
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
+        let pipe = Pipe {
+            jobs,
+            hosts: &hosts,
+            src_runs: runs(src_idx),
+            dst_runs: runs(dst_idx),
+            k,
+            m,
+            chunk,
+            cstride,
+            tail: sched.tail,
+        };
+        let result = self.pipe_flow(&mut lanes, &pipe, trace);
         // Always drain the lanes, also after an error: queued copies still use the shards.
         let mut synced = Ok(());
         for l in lanes.iter() {
@@ -705,6 +878,72 @@ impl CudaParity {
             }
         }
         result.and(synced)
+    }
+
+    /// The zero-copy pipeline, ordered by events: H2D copies on lane 0's stream,
+    /// back to back; kernels on lane 1's, each after its chunk's H2D; D2H copies on lane 2's,
+    /// each after its kernel. Chunk c uses device slot c % 3 (the lanes' buffers), whose
+    /// previous chunk's D2H the H2D stream waits for on the GPU: the host never blocks.
+    fn pipe_flow(
+        &self,
+        lanes: &mut [Lane],
+        p: &Pipe<'_>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<(), ParityError> {
+        let nl = lanes.len();
+        if nl < 3 {
+            return Err(ParityError::Gpu("the pipeline needs 3 lanes".into()));
+        }
+        let bases = lane_bases(lanes)?;
+        let (s_in, s_k, s_out) = (&lanes[0].stream, &lanes[1].stream, &lanes[2].stream);
+        if let Some(t) = trace.as_deref_mut() {
+            t.mark(s_in, 0, 0, 0)?;
+        }
+        let (mut sp, mut dp) = (vec![0u64; p.k], vec![0u64; p.m]);
+        let mut c = 0usize; // chunks issued, over all stripes
+        for (si, &(hp, st, len)) in p.hosts.iter().enumerate() {
+            let job = p.jobs.get(si).unwrap_or(&p.jobs[0]);
+            let tail = if si + 1 == p.hosts.len() { p.tail } else { 0 };
+            for (off, n) in chunk_schedule(len, p.chunk, tail) {
+                let slot = &lanes[c % nl];
+                p.slot_ptrs(bases[c % nl], &mut sp, &mut dp);
+                if c >= nl {
+                    s_in.wait(&slot.done[2]).map_err(cu)?;
+                }
+                // Events order the streams; a dependent launch is for kernel-after-kernel.
+                let plan = Plan {
+                    pdl: false,
+                    ..Plan::choose(job, n, self.sms)
+                };
+                // SAFETY: every host row is inside its stripe's pinned buffer (index < its
+                // shard count, off + n <= len <= stride), device rows inside the slot's
+                // (k+m)*cstride buffer, which no earlier chunk still uses (the H2D stream
+                // waited for its D2H); outputs are disjoint from sources (checked); all copies
+                // complete before run_pinned_with returns (final synchronisation) while the
+                // stripes stay mutably borrowed.
+                unsafe {
+                    p.copy(true, (hp, st), (off, n), &sp, s_in)?;
+                    slot.done[0].record(s_in).map_err(cu)?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.mark(s_in, c, 1, n)?;
+                    }
+                    s_k.wait(&slot.done[0]).map_err(cu)?;
+                    self.launch_raw_plan(job, plan, &sp, &dp, n, s_k)?;
+                    slot.done[1].record(s_k).map_err(cu)?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.mark(s_k, c, 2, n)?;
+                    }
+                    s_out.wait(&slot.done[1]).map_err(cu)?;
+                    p.copy(false, (hp, st), (off, n), &dp, s_out)?;
+                    slot.done[2].record(s_out).map_err(cu)?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.mark(s_out, c, 3, n)?;
+                    }
+                }
+                c += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Registers per thread, resident blocks per SM and threads per block of a job's kernel

@@ -113,18 +113,20 @@ impl Job {
         let mut s = String::from(PRELUDE);
         match self {
             Job::Xor { k } => {
-                s += &format!("#define K {k}\n");
+                s += &format!("#define K {k}\n{}", pdl_defines(plan));
+                s += PDL_FUNCS;
                 s += XOR;
             }
             Job::Pq { k } => {
-                s += &format!("#define K {k}\n");
+                s += &format!("#define K {k}\n{}", pdl_defines(plan));
+                s += PDL_FUNCS;
                 s += PQ;
             }
             Job::Matrix { k, m, rows } => {
                 s += &format!(
-                    "#define K {k}\n#define M {m}\n#define BX {}\n#define PDL {}\n",
+                    "#define K {k}\n#define M {m}\n#define BX {}\n{}",
                     plan.block_x(*k, *m),
-                    u8::from(plan.pdl)
+                    pdl_defines(plan)
                 );
                 s += "__device__ const unsigned char COEF[M * K] = {";
                 s += &rows
@@ -133,6 +135,7 @@ impl Job {
                     .collect::<Vec<_>>()
                     .join(",");
                 s += "};\n";
+                s += PDL_FUNCS;
                 s += MATRIX_FUNCS;
                 s += MATRIX_HEAD;
                 s += &source_terms(*k, *m, rows, 0..*k, plan);
@@ -175,10 +178,14 @@ pub struct Plan {
     pub stage: bool,
     /// Threads per block of a one-group kernel (0 = the default).
     pub block: usize,
-    /// Matrix jobs: programmatic dependent launch (sm_90+): a launch right after another
-    /// kernel of the stream is set up while that one drains, and waits for it in
-    /// `griddepcontrol.wait` before touching memory.
+    /// Programmatic dependent launch (sm_90+): a launch right after another kernel of the
+    /// stream is set up while that one drains, and waits for it in `griddepcontrol.wait` before
+    /// touching memory.
     pub pdl: bool,
+    /// With `pdl`: release the next launch as soon as this one has started (its blocks may then
+    /// be placed on the SMs while this one runs; they still wait for it to finish before
+    /// touching memory) instead of at the end.
+    pub early: bool,
 }
 
 impl Plan {
@@ -191,6 +198,7 @@ impl Plan {
         stage: false,
         block: 0,
         pdl: false,
+        early: false,
     };
 
     /// Threads per group (blockDim.x): the shared partials (split x m x 8 words per thread) or
@@ -224,7 +232,11 @@ impl Plan {
     /// plain preload; the first two with select transposes and programmatic dependent launch.
     /// Measured on an H200 (`bench --gpu [--gpu-explore]`, 2026-11-22), RS 10+4 encode vs d2d:
     /// 1 MiB 0.64-0.76 (split 2, before) -> 0.87-0.95, 4 MiB 0.79 -> 1.04, 64 MiB 0.90 -> 0.98;
-    /// 10+2 decode at 1 MiB 0.80-0.86 -> 0.87-1.04. Other kernels run the plain plan.
+    /// 10+2 decode at 1 MiB 0.80-0.86 -> 0.87-1.04. P+Q and XOR run the plain kernel with
+    /// programmatic dependent launch (the next launch is set up while this one drains): at
+    /// 1 MiB, P+Q 16+2 0.94 -> 1.17-1.23, 8+2 1.02 -> 1.23-1.29, XOR 8+1 0.95-1.07 -> 1.19-1.23
+    /// (GPU time in a CUDA graph 3.72 -> 3.47 us against 3.44 us for the copy, 16+2); released
+    /// at the start instead (`early`) it measured the same or worse.
     pub fn choose(job: &Job, len: usize, sms: u32) -> Plan {
         let units = len / 32;
         match job {
@@ -245,7 +257,10 @@ impl Plan {
                 preload: true,
                 ..Plan::PLAIN
             },
-            _ => Plan::PLAIN,
+            Job::Pq { .. } | Job::Xor { .. } => Plan {
+                pdl: true,
+                ..Plan::PLAIN
+            },
         }
     }
 
@@ -328,8 +343,8 @@ fn matrix_split_source(k: usize, m: usize, rows: &[u8], plan: Plan) -> String {
     let bx = plan.block_x(k, m);
     let mut s = String::from(PRELUDE);
     s += &format!(
-        "#define K {k}\n#define M {m}\n#define G {g}\n#define BX {bx}\n#define PDL {}\n",
-        u8::from(plan.pdl)
+        "#define K {k}\n#define M {m}\n#define G {g}\n#define BX {bx}\n{}",
+        pdl_defines(plan)
     );
     s += "__device__ const unsigned char COEF[M * K] = {";
     s += &rows
@@ -338,6 +353,7 @@ fn matrix_split_source(k: usize, m: usize, rows: &[u8], plan: Plan) -> String {
         .collect::<Vec<_>>()
         .join(",");
     s += "};\n";
+    s += PDL_FUNCS;
     s += MATRIX_FUNCS;
     s += SPLIT_HEAD;
     for j in 0..m {
@@ -489,8 +505,39 @@ __device__ __forceinline__ uint4 ld(u64 base, u64 i) { return __ldg(((const uint
 __device__ __forceinline__ void st(u64 base, u64 i, uint4 v) { __stcs(((uint4*)base) + i, v); }
 "#;
 
+const PDL_FUNCS: &str = r#"
+// Programmatic dependent launch (no-ops without the launch attribute or before sm_90): wait for
+// the previous kernel of the stream before any memory access; release the next one at the end
+// (EARLY: right after the wait; released early, matrix launches ran ahead of their turn and
+// crowded the SMs: measured slower). The next kernel's own wait still covers this one's
+// completion and memory, wherever the release is.
+__device__ __forceinline__ void pdl_start() {
+#if PDL && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#if EARLY
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+#endif
+}
+__device__ __forceinline__ void pdl_end() {
+#if PDL && !EARLY && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+"#;
+
+/// `#define PDL` / `EARLY` lines of a plan.
+fn pdl_defines(plan: Plan) -> String {
+    format!(
+        "#define PDL {}\n#define EARLY {}\n",
+        u8::from(plan.pdl),
+        u8::from(plan.pdl && plan.early)
+    )
+}
+
 const XOR: &str = r#"
 extern "C" __global__ void __launch_bounds__(256) tessera_xor(const Params p) {
+  pdl_start();
   const u64 nv = p.len / 16, stride = (u64)gridDim.x * blockDim.x;
   const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
   for (u64 i = t; i < nv; i += stride) {
@@ -504,11 +551,13 @@ extern "C" __global__ void __launch_bounds__(256) tessera_xor(const Params p) {
     for (int s = 0; s < K; s++) a ^= ((const u8*)p.src[s])[b];
     ((u8*)p.dst[0])[b] = a;
   }
+  pdl_end();
 }
 "#;
 
 const PQ: &str = r#"
 extern "C" __global__ void __launch_bounds__(256) tessera_pq(const Params p) {
+  pdl_start();
   const u64 nv = p.len / 16, stride = (u64)gridDim.x * blockDim.x;
   const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
   for (u64 i = t; i < nv; i += stride) {
@@ -530,6 +579,7 @@ extern "C" __global__ void __launch_bounds__(256) tessera_pq(const Params p) {
     ((u8*)p.dst[0])[b] = P;
     ((u8*)p.dst[1])[b] = Q;
   }
+  pdl_end();
 }
 "#;
 
@@ -573,19 +623,6 @@ __device__ __forceinline__ void transpose8s(u32 w[8], const Mul& k) {
   for (int i = 0; i < 8; i += 2) swap2<0x55555555u>(w[i], w[i + 1], k.l1, k.r1);
 }
 __device__ __forceinline__ void transpose8(u32 w[8], const Mul&) { transpose8(w); }
-// Programmatic dependent launch (no-ops without the launch attribute or before sm_90): wait for
-// the previous kernel of the stream before any memory access; release the next one only at
-// the end (released at the start, launches ahead of their turn crowd the SMs: measured slower).
-__device__ __forceinline__ void pdl_start() {
-#if PDL && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_end() {
-#if PDL && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 // A unit of 32 bytes per source: uint4 number u and u + h (both halves coalesced across a warp).
 __device__ __forceinline__ void load32(u64 base, u64 u, u64 h, u32 w[8]) {
   uint4 a = ld(base, u), b = ld(base, u + h);
@@ -884,6 +921,14 @@ mod tests {
         let big = Plan::choose(&job, 64 << 20, 132);
         assert!(big.preload && big.fence && !big.stage && big.split == 1);
         assert_eq!(Plan::choose(&Job::Pq { k: 16 }, 1 << 20, 132).split, 1);
+        // P+Q and XOR launch with programmatic dependent launch, released at the end
+        for j in [Job::Pq { k: 16 }, Job::Xor { k: 8 }] {
+            let p = Plan::choose(&j, 1 << 20, 132);
+            assert!(p.pdl && !p.early);
+            let src = j.source_with(p);
+            assert!(src.contains("#define PDL 1") && src.contains("#define EARLY 0"));
+            assert!(src.contains("  pdl_start();") && src.contains("  pdl_end();"));
+        }
     }
 
     #[test]
