@@ -219,6 +219,17 @@ assert 'iqn.2026-01.dev.tessera:llm-vm' in t and '/dev/zvol/llm/vm/iscsi0' in t 
 check "iscsi: an initiator outside the ACL cannot log in (Authorization failure)" \
   sh -c "[ \"\$(cat '$WORK/out/iscsi-intruder.rc')\" != 0 ] && grep -q 'Authorization failure' '$WORK/out/iscsi-intruder.err'"
 check "iscsi: the allowed initiator sees a 32 MiB LUN" grep -q '33554432' "$WORK/out/iscsi-readcap.out"
+check "zfs: arcMax 256Mi written to zfs_arc_max by the first apply, not by the second" \
+  sh -c "grep -qx 268435456 '$WORK/out/zfs-arc-max.out' && grep -q zfs_arc_max '$WORK/out/zfs-1.json'"
+check "zfs: three scheduled snapshots with keep 2: exit 0 each, the third destroys the first" \
+  py zfs-snap-3 '(lambda c: [x[:2] for x in c] == [["zfs", "snapshot"], ["zfs", "destroy"]] and "@tessera-" in c[1][2])([s["command"] for s in d["extraSteps"]])'
+for n in 1 2 3; do check "zfs: snapshot apply $n exit 0" rc_is "zfs-snap-$n" 0; done
+check "zfs: llm/inference keeps @manual and the two newest tessera- snapshots" python3 -c "
+n=open('$WORK/out/zfs-snapshots.out').read().split()
+assert n[0] == 'llm/inference@manual' and len(n) == 3 and all('@tessera-' in x for x in n[1:]), n
+s2=[x['command'][2] for x in __import__('json').load(open('$WORK/out/zfs-snap-2.json'))['extraSteps']]
+s3=[x['command'][2] for x in __import__('json').load(open('$WORK/out/zfs-snap-3.json'))['extraSteps']]
+assert n[1:] == [s2[0], s3[0]], (n, s2, s3)"
 check "iscsi: kernel initiator logs in (open-iscsi)" rc_is iscsi-login 0
 check "iscsi: bytes read over iSCSI equal the zvol's (4 MiB)" grep -qx same "$WORK/out/iscsi-read.out"
 check "iscsi: bytes written over iSCSI land on the zvol (2 MiB at 8 MiB)" grep -qx same "$WORK/out/iscsi-write.out"

@@ -93,6 +93,15 @@ run fx-zfs-get-inference zfs get -Hp -o property,value recordsize,atime,special_
 run fx-exportfs-s exportfs -s
 run fx-zfs-get-zvol zfs get -Hp -o property,value volsize,volblocksize,sync,volmode llm/vm/iscsi0
 run fx-targetcli-ls targetcli ls /
+run zfs-arc-max cat /sys/module/zfs/parameters/zfs_arc_max
+
+# Scheduled snapshots (as if the schedule fired three times): keep 2 of the agent's own, never a
+# snapshot someone else took.
+run zfs-snap-manual zfs snapshot llm/inference@manual
+apply zfs-snap-1 zfs-llm.yaml --snapshot-now
+apply zfs-snap-2 zfs-llm.yaml --snapshot-now
+apply zfs-snap-3 zfs-llm.yaml --snapshot-now
+run zfs-snapshots zfs list -H -t snapshot -o name -s createtxg -d 1 llm/inference
 
 # The iSCSI export made by the agent, from the initiator side: the zvol gets 4 MiB of random bytes;
 # an initiator name outside the ACL cannot log in (libiscsi); the allowed one sees a 32 MiB LUN and,

@@ -26,6 +26,9 @@ pub struct ApplyOptions {
     pub scrub_now: bool,
     /// CHAP credentials of the iSCSI exports, by secret `namespace/name`.
     pub chap: Vec<(String, ChapCredentials)>,
+    /// ZFS datasets (names relative to the pool) whose `snapshots` schedule fired: a snapshot of
+    /// each is taken after applying and their retention enforced.
+    pub snapshots_due: Vec<String>,
 }
 
 /// What the node agent reports about one pool (the fields it owns in `StoragePool.status`).
@@ -186,6 +189,15 @@ pub fn run_step(r: &dyn Runner, step: &Step, dry_run: bool) -> Result<()> {
     if let Some(path) = &step.wait_for {
         wait_for_device(r, path, DEVICE_WAIT)?;
     }
+    if program == crate::plan::SYSFS_WRITE {
+        let (Some(path), Some(value)) = (args.first(), args.get(1)) else {
+            return Err(Error::InvalidPool(format!(
+                "malformed step {}",
+                step.shown()
+            )));
+        };
+        return r.write(path, value);
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match r.check(program, &args) {
         Err(Error::Command { status, stderr, .. }) => Err(Error::Command {
@@ -290,6 +302,16 @@ pub fn apply(r: &dyn Runner, pool: &StoragePool, opts: &ApplyOptions) -> Result<
     if let Some(o) = observe(r, pool)? {
         if opts.scrub_now && o.operation.is_none() && plan.refusals.is_empty() {
             for step in scrub_steps(pool)? {
+                run_step(r, &step, opts.dry_run)?;
+                report.extra_steps.push(step);
+            }
+        }
+        if !opts.snapshots_due.is_empty()
+            && plan.refusals.is_empty()
+            && let Some(z) = &pool.spec.zfs
+        {
+            let stamp = Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+            for step in zfs::snapshot_steps(r, z, &opts.snapshots_due, &stamp)? {
                 run_step(r, &step, opts.dry_run)?;
                 report.extra_steps.push(step);
             }

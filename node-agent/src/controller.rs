@@ -282,10 +282,28 @@ pub async fn reconcile_pool(
         if scrub_now {
             info!(pool = %name, "scrubSchedule fired: starting a scrub / parity check");
         }
+        let mut snapshots_due = Vec::new();
+        for ds in pool.spec.zfs.iter().flat_map(|z| &z.datasets) {
+            let Some(policy) = &ds.snapshots else {
+                continue;
+            };
+            let key = format!("{name}/snapshots/{}", ds.name);
+            match state.scrub_due(&key, &policy.schedule, Zoned::now().datetime()) {
+                Ok(true) => {
+                    info!(pool = %name, dataset = %ds.name, "snapshot schedule fired");
+                    snapshots_due.push(ds.name.clone());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(pool = %name, dataset = %ds.name, error = %e, "snapshot schedule ignored")
+                }
+            }
+        }
         let opts = ApplyOptions {
             dry_run: cfg.dry_run,
             scrub_now,
             chap: cfg.chap.clone(),
+            snapshots_due,
         };
         let backend = serde_json::to_value(pool.spec.backend)
             .ok()
@@ -436,7 +454,16 @@ pub async fn pass_with(
         };
         event_on_change(client, state, format!("drive/{}", d.path), &node_ref, draft).await;
     }
-    for pool in my_pools(client, &cfg.node_name).await? {
+    let pools = my_pools(client, &cfg.node_name).await?;
+    // `arcMax` is node-wide: pools that disagree each set it in turn; say so.
+    let arc: std::collections::BTreeSet<String> = pools
+        .iter()
+        .filter_map(|p| p.spec.zfs.as_ref()?.arc_max.as_ref().map(|q| q.0.clone()))
+        .collect();
+    if arc.len() > 1 {
+        warn!(values = ?arc, "ZFS pools on this node ask for different arcMax (a node-wide module parameter); the last one applied wins");
+    }
+    for pool in pools {
         if let Err(e) = reconcile_pool(client, r, cfg, state, &pool).await {
             warn!(pool = %pool.name_any(), error = %e, "pool reconcile failed");
         }

@@ -170,7 +170,7 @@ pub struct LvmState {
     pub lvs: Vec<Lv>,
 }
 
-fn report_args<'a>(cmd: &'a str, fields: &'a str) -> [&'a str; 8] {
+pub(crate) fn report_args<'a>(cmd: &'a str, fields: &'a str) -> [&'a str; 8] {
     [
         cmd,
         "--reportformat",

@@ -98,6 +98,10 @@ enum Cmd {
         /// Start a scrub (ZFS) or parity check (MD, LVM RAID) after applying, unless one runs.
         #[arg(long)]
         scrub_now: bool,
+        /// Take the scheduled snapshot of every ZFS dataset with a `snapshots` policy now (as if
+        /// its schedule fired) and enforce its `keep`: only `tessera-` snapshots are destroyed.
+        #[arg(long)]
+        snapshot_now: bool,
         /// CHAP credentials of iSCSI exports: DIR/<namespace>/<secret>/{username,password}, the
         /// layout of a mounted Secret.
         #[arg(long)]
@@ -301,6 +305,7 @@ fn main() -> ExitCode {
             dry_run,
             status_out,
             scrub_now,
+            snapshot_now,
             chap_dir,
         } => (|| {
             let sp = load_pool(&pool)?;
@@ -310,10 +315,22 @@ fn main() -> ExitCode {
                 }
                 None => Vec::new(),
             };
+            let snapshots_due = if snapshot_now {
+                sp.spec
+                    .zfs
+                    .iter()
+                    .flat_map(|z| &z.datasets)
+                    .filter(|d| d.snapshots.is_some())
+                    .map(|d| d.name.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let opts = tessera_node_agent::apply::ApplyOptions {
                 dry_run,
                 scrub_now,
                 chap,
+                snapshots_due,
             };
             let report =
                 tessera_node_agent::apply::apply(&r, &sp, &opts).map_err(|e| e.to_string())?;

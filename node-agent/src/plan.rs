@@ -68,12 +68,21 @@ impl Step {
             .join(" ")
     }
 
+    /// A write of `value` to the sysfs / module parameter `path` (no program runs: the agent writes
+    /// the file itself; the command reads `sysfs-write PATH VALUE` in logs and reports).
+    pub fn sysfs(description: impl Into<String>, path: &str, value: &str) -> Step {
+        Step::new(description, &[SYSFS_WRITE, path, value])
+    }
+
     pub fn destructive(mut self, device: &str) -> Step {
         self.destructive = true;
         self.device = Some(device.to_string());
         self
     }
 }
+
+/// The pseudo-program of [`Step::sysfs`].
+pub const SYSFS_WRITE: &str = "sysfs-write";
 
 /// Why a plan cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -135,20 +135,9 @@ const LV_GEOMETRY_FIELDS: &str =
 
 fn lvm_target(r: &dyn Runner, vg: &str, lv: &str) -> Result<Target> {
     let name = format!("{vg}/{lv}");
-    let json = r.check(
-        "lvm",
-        &[
-            "lvs",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            LV_GEOMETRY_FIELDS,
-            &name,
-        ],
-    )?;
+    let mut args = crate::lvm::report_args("lvs", LV_GEOMETRY_FIELDS).to_vec();
+    args.push(&name);
+    let json = r.check("lvm", &args)?;
     let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::Parse {
         what: format!("lvs {name}"),
         message: e.to_string(),

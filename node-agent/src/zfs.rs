@@ -597,7 +597,100 @@ pub fn plan(
     if let Some(ex) = &spec.exports {
         exports::plan(r, spec, ex, chap, &mut plan)?;
     }
+    plan_arc_max(r, spec, &mut plan)?;
     Ok(plan.finish())
+}
+
+/// The `zfs_arc_max` module parameter.
+pub const ARC_MAX_PARAM: &str = "/sys/module/zfs/parameters/zfs_arc_max";
+
+/// `arcMax`: write the module parameter when it differs (node-wide; a running ARC shrinks to it).
+fn plan_arc_max(r: &dyn Runner, spec: &ZfsPoolSpec, plan: &mut Plan) -> Result<()> {
+    let Some(q) = &spec.arc_max else {
+        return Ok(());
+    };
+    let bytes = crate::plan::quantity_bytes(q)
+        .ok_or_else(|| Error::InvalidPool(format!("arcMax {:?} is not a quantity", q.0)))?;
+    let Some(have) = r.read(ARC_MAX_PARAM)? else {
+        // The module is loaded by the pool's creation on first apply; the next pass sets it.
+        return Ok(());
+    };
+    if have.trim() != bytes.to_string() {
+        plan.steps.push(Step::sysfs(
+            format!("cap the ZFS ARC at {} (arcMax; was {})", q.0, have.trim()),
+            ARC_MAX_PARAM,
+            &bytes.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Prefix of the snapshots the agent takes (and the only ones its retention destroys).
+pub const SNAPSHOT_PREFIX: &str = "tessera-";
+
+/// Scheduled snapshots of the datasets in `due` (names relative to the pool) taken at `stamp`
+/// (`20261122-071500`): `zfs snapshot POOL/DS@tessera-STAMP`, then the oldest `tessera-`
+/// snapshots beyond the dataset's `keep` are destroyed (each logged as destructive). Snapshots
+/// with any other name are never touched.
+pub fn snapshot_steps(
+    r: &dyn Runner,
+    spec: &ZfsPoolSpec,
+    due: &[String],
+    stamp: &str,
+) -> Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    for ds in &spec.datasets {
+        let Some(policy) = &ds.snapshots else {
+            continue;
+        };
+        if !due.contains(&ds.name) {
+            continue;
+        }
+        let full = format!("{}/{}", spec.pool_name, ds.name);
+        let listed = r.check(
+            "zfs",
+            &[
+                "list",
+                "-H",
+                "-p",
+                "-t",
+                "snapshot",
+                "-o",
+                "name",
+                "-s",
+                "createtxg",
+                "-d",
+                "1",
+                &full,
+            ],
+        )?;
+        let ours: Vec<&str> = listed
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(&format!("{full}@{SNAPSHOT_PREFIX}")))
+            .collect();
+        let mut name = format!("{full}@{SNAPSHOT_PREFIX}{stamp}");
+        let mut n = 2;
+        while ours.contains(&name.as_str()) {
+            name = format!("{full}@{SNAPSHOT_PREFIX}{stamp}-{n}");
+            n += 1;
+        }
+        steps.push(Step::new(
+            format!("scheduled snapshot of {full} (keep {})", policy.keep),
+            &["zfs", "snapshot", &name],
+        ));
+        let excess = (ours.len() + 1).saturating_sub(policy.keep as usize);
+        for old in ours.iter().take(excess) {
+            steps.push(
+                Step::new(
+                    format!("retention of {full}: destroy {old} (keep {})", policy.keep),
+                    &["zfs", "destroy", old],
+                )
+                .destructive(old),
+            );
+        }
+    }
+    Ok(steps)
 }
 
 fn plan_existing(

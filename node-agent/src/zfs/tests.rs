@@ -394,3 +394,76 @@ fn destroy_destroys_the_pool_then_clears_every_leaf_label() {
     gone.fail("zpool status", "cannot open 'llm': no such pool");
     assert!(destroy_plan(&gone, &spec()).unwrap().steps.is_empty());
 }
+
+#[test]
+fn arc_max_is_written_when_it_differs_and_left_alone_when_it_matches() {
+    let mut z = spec();
+    z.arc_max = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+        "11Gi".into(),
+    ));
+    let r = existing(STATUS);
+    r.file(ARC_MAX_PARAM, "0\n");
+    let p = plan(&r, &z, DevicePolicy::Refuse, &[]).unwrap();
+    assert_eq!(
+        p.steps
+            .iter()
+            .map(|s| s.command.clone())
+            .collect::<Vec<_>>(),
+        vec![vec![
+            crate::plan::SYSFS_WRITE.to_string(),
+            ARC_MAX_PARAM.to_string(),
+            (11u64 << 30).to_string()
+        ]]
+    );
+    let r = existing(STATUS);
+    r.file(ARC_MAX_PARAM, &format!("{}\n", 11u64 << 30));
+    assert!(
+        plan(&r, &z, DevicePolicy::Refuse, &[])
+            .unwrap()
+            .steps
+            .is_empty()
+    );
+}
+
+#[test]
+fn scheduled_snapshots_keep_only_the_newest_of_their_own() {
+    let z = spec();
+    let policy = z
+        .datasets
+        .iter()
+        .find(|d| d.name == "inference")
+        .and_then(|d| d.snapshots.clone())
+        .expect("the lane's pool snapshots llm/inference");
+    assert_eq!(policy.keep, 2);
+    let r = ScriptedRunner::default();
+    r.ok(
+        "zfs list -H -p -t snapshot",
+        "llm/inference@manual\nllm/inference@tessera-20261120-020000\nllm/inference@tessera-20261121-020000\n",
+    );
+    let steps = snapshot_steps(&r, &z, &["inference".to_string()], "20261122-020000").unwrap();
+    let cmds: Vec<String> = steps.iter().map(|s| s.command.join(" ")).collect();
+    assert_eq!(
+        cmds,
+        vec![
+            "zfs snapshot llm/inference@tessera-20261122-020000",
+            "zfs destroy llm/inference@tessera-20261120-020000",
+        ]
+    );
+    assert!(!steps[0].destructive && steps[1].destructive);
+    // A name taken in the same second gets a suffix; datasets not due are left alone.
+    let r = ScriptedRunner::default();
+    r.ok(
+        "zfs list -H -p -t snapshot",
+        "llm/inference@tessera-20261122-020000\n",
+    );
+    let steps = snapshot_steps(&r, &z, &["inference".to_string()], "20261122-020000").unwrap();
+    assert_eq!(
+        steps[0].command.join(" "),
+        "zfs snapshot llm/inference@tessera-20261122-020000-2"
+    );
+    assert!(
+        snapshot_steps(&r, &z, &["tmp".to_string()], "x")
+            .unwrap()
+            .is_empty()
+    );
+}
