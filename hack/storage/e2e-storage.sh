@@ -5,7 +5,8 @@
 # log, cache, datasets, a zvol). Checks: the first apply creates, the second has no actions; failing
 # a member (mdadm --fail, zpool offline) reports Degraded; a disk carrying ext4 is refused by all
 # three backends without devicePolicy Wipe and its image's sha256 is unchanged; a scrub started
-# with --scrub-now shows in status.operation; the iSCSI export made with targetcli serves the zvol's
+# with --scrub-now shows in status.operation; the NFS export serves a client inside its range and
+# refuses one outside; the iSCSI export made with targetcli serves the zvol's
 # bytes to the allowed initiator (open-iscsi) and refuses another; the parity verify finds and the
 # repair rewrites a corrupted page; destroy leaves no pool, target or signature behind.
 # Everything it needs is fetched and cached under ~/.cache/tessera (storage VM root, zfs.ko build,
@@ -30,7 +31,8 @@ svm_step "build tessera-node-agent (release)" nice -n 10 cargo build -q --releas
 svm_step "storage VM setup (once, then cached)" "$ROOT/hack/storage-vm/setup.sh"
 svm_step "OpenZFS $ZFS_VER module for $SVM_KVER (built once, then cached)" "$ROOT/hack/storage-vm/zfs.sh"
 
-LANE_DEBS="util-linux libblkid1 libsmartcols1 libmount1 libudev1 libselinux1 libpcre2-8-0 nfs-kernel-server"
+LANE_DEBS="util-linux libblkid1 libsmartcols1 libmount1 libudev1 libselinux1 libpcre2-8-0 nfs-kernel-server
+ nfs-common libwrap0 libnfsidmap1 libevent-core-2.1-7"
 lane_debs() {
   mkdir -p "$L/debs" "$L/root"
   cd "$L/debs"
@@ -39,13 +41,13 @@ lane_debs() {
   cd - >/dev/null
   local f
   for f in "$L"/debs/*.deb; do dpkg -x "$f" "$L/root"; done
-  [ -x "$L/root/sbin/wipefs" ] || { echo "wipefs missing after unpack" >&2; exit 1; }
+  [ -x "$L/root/sbin/wipefs" ] && [ -x "$L/root/sbin/mount.nfs" ] || { echo "wipefs / mount.nfs missing after unpack" >&2; exit 1; }
   echo "$LANE_DEBS" >"$L/.complete"
 }
 if [ "$(cat "$L/.complete" 2>/dev/null)" = "$LANE_DEBS" ]; then
   echo "util-linux (wipefs, lsblk), exportfs cached in $L"
 else
-  svm_step "util-linux (wipefs, lsblk), exportfs for the guest" lane_debs
+  svm_step "util-linux (wipefs, lsblk), NFS server and client for the guest" lane_debs
 fi
 
 # iSCSI: targetcli-fb with the Python it runs on (target side, LIO in the guest's kernel; it needs a
@@ -94,13 +96,13 @@ fi
 # The lane's initramfs: the base one plus the agent, zpool/zfs, wipefs, the zfs modules and the iSCSI
 # tree. Rebuilt when any of them changes.
 INITRD=$L/initramfs-storage.cpio.gz
-KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk" "$L/root/usr/sbin/exportfs"; cat "$L/.iscsi-complete" "$SVM_CACHE/.initrd-key" \
+KEY=$( (sha256sum "$AGENT" "$Z"/ko/*.ko "$Z/root/sbin/zpool" "$L/root/sbin/wipefs" "$L/root/bin/lsblk" "$L/root/usr/sbin/exportfs" "$L/root/sbin/mount.nfs"; cat "$L/.iscsi-complete" "$SVM_CACHE/.initrd-key" \
   "$ROOT/hack/storage-vm/mkinitramfs.sh" "$ROOT/hack/storage-vm/init"; sed -n '/^mk_initrd()/,/^}/p' "$0") |
   sha256sum | cut -c1-16)
 mk_initrd() {
   SVM_INITRD_OUT=$INITRD SVM_EXTRA_KO_DIR=$Z/ko SVM_EXTRA_TREE=$IT \
-    SVM_EXTRA_MODS="nfsd configfs target_core_mod target_core_iblock iscsi_target_mod iscsi_tcp sd_mod" \
-    SVM_EXTRA_BINS="$AGENT $Z/root/sbin/zpool $Z/root/sbin/zfs $L/root/sbin/wipefs $L/root/bin/lsblk $L/root/usr/sbin/exportfs" \
+    SVM_EXTRA_MODS="nfsd nfsv4 configfs target_core_mod target_core_iblock iscsi_target_mod iscsi_tcp sd_mod" \
+    SVM_EXTRA_BINS="$AGENT $Z/root/sbin/zpool $Z/root/sbin/zfs $L/root/sbin/wipefs $L/root/bin/lsblk $L/root/usr/sbin/exportfs $L/root/usr/sbin/rpc.nfsd $L/root/usr/sbin/rpc.mountd $L/root/sbin/mount.nfs" \
     SVM_EXTRA_LIBPATH="$Z/root/lib/x86_64-linux-gnu:$Z/root/usr/lib/x86_64-linux-gnu:$L/root/lib/x86_64-linux-gnu:$L/root/usr/lib/x86_64-linux-gnu" \
     "$ROOT/hack/storage-vm/mkinitramfs.sh" >/dev/null
   echo "$KEY" >"$INITRD.key"
@@ -230,6 +232,11 @@ assert n[0] == 'llm/inference@manual' and len(n) == 3 and all('@tessera-' in x f
 s2=[x['command'][2] for x in __import__('json').load(open('$WORK/out/zfs-snap-2.json'))['extraSteps']]
 s3=[x['command'][2] for x in __import__('json').load(open('$WORK/out/zfs-snap-3.json'))['extraSteps']]
 assert n[1:] == [s2[0], s3[0]], (n, s2, s3)"
+check "nfs: a client in 10.20.0.0/24 mounts the export (NFSv4.2) and reads the dataset's bytes" \
+  sh -c "[ \"\$(cat '$WORK/out/nfs-mount.rc')\" = 0 ] && grep -qx same '$WORK/out/nfs-read.out'"
+check "nfs: root is squashed (root_squash): a write as root is refused" rc_not nfs-write-squashed 0
+check "nfs: a client outside 10.20.0.0/24 (127.0.0.1) is refused (access denied)" \
+  sh -c "[ \"\$(cat '$WORK/out/nfs-mount-outsider.rc')\" != 0 ] && grep -qi 'access denied' '$WORK/out/nfs-mount-outsider.err'"
 check "iscsi: kernel initiator logs in (open-iscsi)" rc_is iscsi-login 0
 check "iscsi: bytes read over iSCSI equal the zvol's (4 MiB)" grep -qx same "$WORK/out/iscsi-read.out"
 check "iscsi: bytes written over iSCSI land on the zvol (2 MiB at 8 MiB)" grep -qx same "$WORK/out/iscsi-write.out"

@@ -16,7 +16,7 @@ up() { cut -d' ' -f1 /proc/uptime; }
 for m in raid456 dm_mod dm_raid zfs nfsd configfs target_core_iblock iscsi_target_mod iscsi_tcp sd_mod; do
   /sbin/modprobe "$m" || echo "VMTEST: modprobe $m failed"
 done
-# kernel NFS server state for exportfs (no rpc.mountd / nfsd threads: the export table is what is checked)
+# kernel NFS server state for exportfs (mountd and the nfsd threads start after the exports are made)
 mkdir -p /var/lib/nfs /proc/fs/nfsd /etc/exports.d
 : >/etc/exports
 : >/var/lib/nfs/etab # what nfs-server.service's `exportfs -r` leaves on a host
@@ -102,6 +102,25 @@ apply zfs-snap-1 zfs-llm.yaml --snapshot-now
 apply zfs-snap-2 zfs-llm.yaml --snapshot-now
 apply zfs-snap-3 zfs-llm.yaml --snapshot-now
 run zfs-snapshots zfs list -H -t snapshot -o name -s createtxg -d 1 llm/inference
+
+# The NFS export made by the agent, from a client: nfsd serves NFSv4 only (no rpcbind needed),
+# rpc.mountd answers the kernel's export upcalls; lo carries an address of the export's client
+# range (10.20.0.0/24), so a mount from 10.20.0.1 is inside it and one from 127.0.0.1 is not.
+ip addr add 10.20.0.1/24 dev lo
+mkdir -p /run/rpc_pipefs /var/lib/nfs/v4recovery /mnt/nfs /mnt/nfs2
+# The shortest grace period nfsd allows (no client has state to reclaim on a fresh server).
+echo 10 >/proc/fs/nfsd/nfsv4leasetime
+echo 10 >/proc/fs/nfsd/nfsv4gracetime
+rpc.mountd -N 2 -N 3 --no-udp >"$O/rpc-mountd.log" 2>&1
+rpc.nfsd -N 3 --no-udp -p 2049 4 >"$O/rpc-nfsd.log" 2>&1
+dd if=/dev/urandom of=/llm/inference/nfs-check bs=64k count=16 2>/dev/null
+run nfs-mount mount.nfs 10.20.0.1:/llm/inference /mnt/nfs -o vers=4.2,retry=0
+run nfs-read sh -c 'cmp /mnt/nfs/nfs-check /llm/inference/nfs-check && echo same'
+run nfs-write-squashed sh -c 'echo x >/mnt/nfs/root-was-here'
+run nfs-mount-outsider mount.nfs 127.0.0.1:/llm/inference /mnt/nfs2 -o vers=4.2,retry=0
+umount /mnt/nfs 2>/dev/null
+umount /mnt/nfs2 2>/dev/null
+rm -f /llm/inference/nfs-check
 
 # The iSCSI export made by the agent, from the initiator side: the zvol gets 4 MiB of random bytes;
 # an initiator name outside the ACL cannot log in (libiscsi); the allowed one sees a 32 MiB LUN and,
