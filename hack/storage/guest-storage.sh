@@ -184,7 +184,7 @@ for lv in r6 r5; do
   done
 done
 # shellcheck disable=SC2086 # $J is a list of options
-run fx-lvm-lvs-geometry lvm lvs $J -o lv_name,segtype,lv_layout,data_stripes,stripe_size,lv_size,data_offset,copy_percent tvg/r6
+run fx-lvm-lvs-geometry lvm lvs $J -o lv_name,lv_attr,segtype,lv_layout,data_stripes,stripe_size,lv_size,data_offset,copy_percent tvg/r6
 run verify-lvm-clean "$A" verify --pool /lvm-raid.yaml --status-out "$O/verify-lvm-clean.json"
 LEG=/dev/mapper/tvg-r6_rimage_2
 dd if=$LEG of=/tmp/leg-page-before bs=4096 count=1 skip=1000 iflag=direct 2>/dev/null

@@ -134,7 +134,7 @@ pub fn verify_lvm(
 
 /// Fields of the raid LV that give its geometry.
 const LV_GEOMETRY_FIELDS: &str =
-    "lv_name,segtype,lv_layout,data_stripes,stripe_size,lv_size,data_offset,copy_percent";
+    "lv_name,lv_attr,segtype,lv_layout,data_stripes,stripe_size,lv_size,data_offset,copy_percent";
 
 fn lvm_target(r: &dyn Runner, vg: &str, lv: &str) -> Result<Target> {
     let name = format!("{vg}/{lv}");
@@ -162,6 +162,13 @@ fn lvm_target(r: &dyn Runner, vg: &str, lv: &str) -> Result<Target> {
             "{name} is {segtype:?}, not a raid5/raid6 LV"
         )));
     };
+    // An open LV (a mounted filesystem, a VM) would see its writes fail while it is read-only;
+    // md refuses `--readonly` on an array in use for the same reason ("still in use").
+    if field("lv_attr").chars().nth(5) == Some('o') {
+        return Err(Error::InvalidPool(format!(
+            "{name} is open (mounted or in use): parity verify skipped, it would make the LV read-only under its user"
+        )));
+    }
     if let Some(p) = field("copy_percent")
         .parse::<f64>()
         .ok()
@@ -383,6 +390,23 @@ mod tests {
             "asks lvs about that LV only: {:?}",
             r.history()
         );
+    }
+
+    #[test]
+    fn an_open_lv_is_not_made_read_only() {
+        let r = ScriptedRunner::default();
+        let attr = LVS_GEOMETRY
+            .split("\"lv_attr\":\"")
+            .nth(1)
+            .and_then(|x| x.get(..10))
+            .unwrap();
+        assert_eq!(attr.chars().nth(5), Some('-'), "the lane's LV is not open");
+        let mut open = attr.to_string();
+        open.replace_range(5..6, "o");
+        r.ok("lvm lvs", &LVS_GEOMETRY.replace(attr, &open));
+        let e = lvm_target(&r, "tvg", "r6").err().unwrap().to_string();
+        assert!(e.contains("is open (mounted or in use)"), "{e}");
+        assert_eq!(r.history().len(), 1, "no lvchange ran: {:?}", r.history());
     }
 
     #[test]
