@@ -504,9 +504,12 @@ pub async fn run_verify_jobs(
         }
         let repair = p.spec.repair_mismatches.unwrap_or(false);
         for pool in my_pools(client, &cfg.node_name).await? {
-            if pool.metadata.deletion_timestamp.is_some() {
+            if pool.metadata.deletion_timestamp.is_some()
+                || (pool.spec.md.is_none() && pool.spec.lvm.is_none())
+            {
                 continue;
             }
+            info!(policy = %pname, pool = %pool.name_any(), "verifySchedule fired: parity verify");
             let outcomes: Vec<Result<crate::verify::VerifyOutcome>> =
                 if let Some(spec) = &pool.spec.md {
                     vec![crate::verify::verify_md(r, spec, cfg.dry_run, repair)]
@@ -516,10 +519,9 @@ pub async fn run_verify_jobs(
                         Err(e) => vec![Err(e)],
                     }
                 } else {
-                    continue;
+                    Vec::new()
                 };
             for outcome in outcomes {
-                info!(policy = %pname, pool = %pool.name_any(), "verifySchedule fired: parity verify");
                 let now = k8s_openapi::jiff::Timestamp::now().to_string();
                 let (last, row, draft) = match outcome {
                     Ok(o) => (

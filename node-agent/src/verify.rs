@@ -332,20 +332,20 @@ fn verify_target(r: &dyn Runner, t: &Target, dry_run: bool, repair: bool) -> Res
 /// (dropping the cached stripes that may hold the old bytes) and flush the array device's buffers.
 /// Best effort: a failure is logged, the verify that follows still reads the members directly.
 fn forget_cached_pages(r: &dyn Runner, md_kernel_name: Option<&str>, dev: &str) {
-    let attr = md_kernel_name
-        .map(|k| format!("/sys/block/{k}/md/stripe_cache_size"))
-        .unwrap_or_default();
-    match md_kernel_name.map(|_| r.read(&attr)).unwrap_or(Ok(None)) {
-        Ok(Some(size)) => {
-            let size = size.trim();
-            for v in [STRIPE_CACHE_MIN, size] {
-                if let Err(e) = r.write(&attr, v) {
-                    warn!(%attr, value = v, error = %e, "could not resize the stripe cache");
+    if let Some(k) = md_kernel_name {
+        let attr = format!("/sys/block/{k}/md/stripe_cache_size");
+        match r.read(&attr) {
+            Ok(Some(size)) => {
+                let size = size.trim();
+                for v in [STRIPE_CACHE_MIN, size] {
+                    if let Err(e) = r.write(&attr, v) {
+                        warn!(%attr, value = v, error = %e, "could not resize the stripe cache");
+                    }
                 }
             }
+            Ok(None) => {}
+            Err(e) => warn!(%attr, error = %e, "could not read the stripe cache size"),
         }
-        Ok(None) => {}
-        Err(e) => warn!(%attr, error = %e, "could not read the stripe cache size"),
     }
     if let Err(e) = r.check("blockdev", &["--flushbufs", dev]) {
         warn!(%dev, error = %e, "could not flush the array's buffers");
